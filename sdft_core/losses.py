@@ -1,0 +1,184 @@
+"""Per-token losses over the full vocabulary, computed in float32, chunk by chunk.
+
+SDFT's loss is a divergence between the teacher's and the student's next-token distributions at every position
+of the student's own completion. The published results use forward KL(teacher || student); reverse KL and a
+generalised JSD are variants. The SFT and DFT baselines use cross-entropy on the demonstration tokens.
+
+`chunked_head_loss` applies the LM head only to the positions that carry loss, a chunk of positions at a time,
+and computes the gradient of each chunk right away, so vocabulary-sized tensors never exist for more than one
+chunk (memory does not grow with batch x sequence x vocabulary).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .config import LossConfig
+
+# exp() of this is 0 in float32, and differences between such values stay finite (no inf - inf = nan).
+_LOG_ZERO = -1e30
+_TARGET_LOGITS_PER_CHUNK = 1 << 26  # ~256 MB per float32 [positions, vocab] tensor
+
+
+def log_probs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    return torch.log_softmax(logits, dim=-1).clamp(min=_LOG_ZERO)
+
+
+def divergence_from_log_probs(student: torch.Tensor, teacher: torch.Tensor, kind: str,
+                              jsd_beta: float = 0.5) -> torch.Tensor:
+    """Divergence per position (summed over the last dim) between two log-probability tensors."""
+    if kind == "forward_kl":  # KL(teacher || student)
+        return (teacher.exp() * (teacher - student)).sum(-1)
+    if kind == "reverse_kl":  # KL(student || teacher)
+        return (student.exp() * (student - teacher)).sum(-1)
+    if kind == "jsd":
+        mixture = torch.logaddexp(student + math.log1p(-jsd_beta), teacher + math.log(jsd_beta))
+        kl_teacher = (teacher.exp() * (teacher - mixture)).sum(-1)
+        kl_student = (student.exp() * (student - mixture)).sum(-1)
+        return jsd_beta * kl_teacher + (1.0 - jsd_beta) * kl_student
+    raise ValueError(f"unknown divergence {kind!r}")
+
+
+def top_k_log_probs(student: torch.Tensor, teacher: torch.Tensor, k: int,
+                    tail: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both distributions restricted to the teacher's k most likely tokens.
+
+    With `tail`, the remaining mass of each distribution becomes one extra bucket (a coarser but exact
+    distribution); without it both are renormalised on the k tokens.
+    """
+    k = min(k, teacher.shape[-1])
+    support = teacher.topk(k, dim=-1).indices
+    student_k, teacher_k = student.gather(-1, support), teacher.gather(-1, support)
+    if tail:
+        return (torch.cat([student_k, _log_remaining(student_k)], dim=-1),
+                torch.cat([teacher_k, _log_remaining(teacher_k)], dim=-1))
+    return (student_k - student_k.logsumexp(-1, keepdim=True),
+            teacher_k - teacher_k.logsumexp(-1, keepdim=True))
+
+
+def _log_remaining(log_p: torch.Tensor) -> torch.Tensor:
+    """log(1 - sum(p)) from log-probabilities, stable when the kept mass is close to 1."""
+    kept = log_p.logsumexp(-1, keepdim=True).clamp(max=-1e-12)
+    return torch.log(-torch.expm1(kept)).clamp(min=_LOG_ZERO)
+
+
+def token_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, config: LossConfig,
+                     temperature: float = 1.0) -> torch.Tensor:
+    """Per-position divergence (float32) between student and teacher logits of shape [..., vocab]."""
+    student, teacher = log_probs(student_logits, temperature), log_probs(teacher_logits, temperature)
+    if config.top_k is not None:
+        student, teacher = top_k_log_probs(student, teacher, config.top_k, config.top_k_tail)
+    return divergence_from_log_probs(student, teacher, config.divergence, config.jsd_beta)
+
+
+def sequence_mean_weights(loss_mask: torch.Tensor, num_sequences: int | None = None) -> torch.Tensor:
+    """Weights that turn a sum over tokens into the mean per sequence, then the mean over sequences."""
+    loss_mask = loss_mask.float()
+    per_sequence = loss_mask.sum(-1, keepdim=True).clamp(min=1.0)
+    return loss_mask / per_sequence / (num_sequences or loss_mask.shape[0])
+
+
+def completion_loss_mask(completion_mask: torch.Tensor, skip_first_tokens: int) -> torch.Tensor:
+    mask = completion_mask.clone()
+    mask[:, :skip_first_tokens] = 0
+    return mask
+
+
+def auto_chunk_size(vocab_size: int) -> int:
+    return max(1, _TARGET_LOGITS_PER_CHUNK // vocab_size)
+
+
+TokenLoss = Callable[[torch.Tensor, int, int], torch.Tensor]
+
+
+class _ChunkedHeadLoss(torch.autograd.Function):
+    """sum_i w_i * token_loss(hidden_i @ W^T + b) with gradients computed chunk by chunk in the forward pass."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, token_weights, token_loss: TokenLoss, chunk_size: int):
+        needs = (hidden.requires_grad, weight.requires_grad, bias is not None and bias.requires_grad)
+        grad_hidden = torch.zeros_like(hidden) if needs[0] else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if needs[1] else None
+        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if needs[2] else None
+        w = weight.detach().requires_grad_(needs[1])
+        b = None if bias is None else bias.detach().requires_grad_(needs[2])
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        values = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.shape[0], chunk_size):
+            end = min(start + chunk_size, hidden.shape[0])
+            h = hidden[start:end].detach().requires_grad_(needs[0])
+            with torch.enable_grad():
+                per_token = token_loss(F.linear(h, w, b), start, end)
+                chunk_loss = (per_token * token_weights[start:end]).sum()
+            inputs = [x for x, need in zip((h, w, b), needs) if need]
+            if inputs:
+                grads = iter(torch.autograd.grad(chunk_loss, inputs))
+                if needs[0]:
+                    grad_hidden[start:end] = next(grads)
+                if needs[1]:
+                    grad_weight += next(grads)
+                if needs[2]:
+                    grad_bias += next(grads)
+            values[start:end] = per_token.detach()
+            total += chunk_loss.detach()
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+        ctx.param_dtypes = (weight.dtype, None if bias is None else bias.dtype)
+        ctx.mark_non_differentiable(values)
+        return total, values
+
+    @staticmethod
+    def backward(ctx, grad_total, _grad_values):
+        grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
+        weight_dtype, bias_dtype = ctx.param_dtypes
+        return (None if grad_hidden is None else grad_hidden * grad_total,
+                None if grad_weight is None else (grad_weight * grad_total).to(weight_dtype),
+                None if grad_bias is None else (grad_bias * grad_total).to(bias_dtype),
+                None, None, None)
+
+
+def chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                      token_loss: TokenLoss, token_weights: torch.Tensor,
+                      chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted sum of per-token losses over rows of `hidden` [N, H]; returns (loss, per-token values [N])."""
+    chunk_size = chunk_size or auto_chunk_size(weight.shape[0])
+    return _ChunkedHeadLoss.apply(hidden, weight, bias, token_weights.float(), token_loss, chunk_size)
+
+
+def distillation_loss(student_hidden: torch.Tensor, student_head: tuple[torch.Tensor, torch.Tensor | None],
+                      teacher_hidden: torch.Tensor, teacher_head: tuple[torch.Tensor, torch.Tensor | None],
+                      token_weights: torch.Tensor, config: LossConfig,
+                      temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDFT loss on [N, H] hidden states of the positions that carry loss; the teacher gets no gradient."""
+    teacher_hidden = teacher_hidden.detach()
+    teacher_weight, teacher_bias = (None if t is None else t.detach() for t in teacher_head)
+
+    def token_loss(student_logits: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        teacher_logits = F.linear(teacher_hidden[start:end], teacher_weight, teacher_bias)
+        return token_divergence(student_logits, teacher_logits, config, temperature)
+
+    return chunked_head_loss(student_hidden, *student_head, token_loss, token_weights, config.chunk_size)
+
+
+def cross_entropy_loss(hidden: torch.Tensor, head: tuple[torch.Tensor, torch.Tensor | None],
+                       targets: torch.Tensor, token_weights: torch.Tensor, chunk_size: int | None = None,
+                       dft: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """SFT (cross-entropy) or DFT (cross-entropy scaled by the detached probability of the target token).
+
+    Returns (loss, per-token cross-entropy); DFT reports plain cross-entropy too, so the methods compare.
+    """
+    cross_entropy = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+
+    def token_loss(logits: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        ce = F.cross_entropy(logits.float(), targets[start:end], reduction="none")
+        cross_entropy[start:end] = ce.detach()
+        return ce * torch.exp(-ce).detach() if dft else ce
+
+    loss, _ = chunked_head_loss(hidden, *head, token_loss, token_weights, chunk_size)
+    return loss, cross_entropy

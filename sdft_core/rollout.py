@@ -1,0 +1,167 @@
+"""On-policy sampling from the student: batched, left-padded, KV-cached.
+
+Sampling uses the Gumbel-max trick with noise from a counter-based hash of (row key, position, token) instead
+of a stateful generator. A row's sample then depends only on its key and the model, not on which batch or which
+process it lands in: one process and several processes draw the same completions, and a resumed run draws the
+same completions as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mul32(x: torch.Tensor, constant: int) -> torch.Tensor:
+    """(x * constant) mod 2**32 for int64 x in [0, 2**32) without signed overflow."""
+    low = x * (constant & 0xFFFF)
+    high = ((x * (constant >> 16)) & 0xFFFF) << 16
+    return (low + high) & _MASK32
+
+
+def mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (lowbias32) on int64 tensors holding values in [0, 2**32)."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def sample_key(*parts: int) -> int:
+    """Combine integers (seed, epoch, example index, generation index, ...) into one 32-bit row key."""
+    key = torch.tensor(0x9E3779B9, dtype=torch.int64)
+    for part in parts:
+        key = mix32(key ^ (int(part) & _MASK32))
+    return int(key)
+
+
+def gumbel_noise(row_keys: torch.Tensor, step: int, vocab_size: int) -> torch.Tensor:
+    """Standard Gumbel noise [rows, vocab], a pure function of (row key, step, token id)."""
+    device = row_keys.device
+    step_keys = mix32(row_keys ^ (step & _MASK32))
+    token_keys = mix32(torch.arange(vocab_size, device=device, dtype=torch.int64) ^ 0x5BD1E995)
+    bits = mix32(step_keys[:, None] ^ token_keys[None, :])
+    uniform = ((bits >> 8).float() + 0.5) * (1.0 / (1 << 24))  # in (0, 1), never 0 or 1
+    return -torch.log(-torch.log(uniform))
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    if top_k and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_logits.softmax(-1) >= top_p  # keep the smallest set reaching top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+def next_tokens(logits: torch.Tensor, row_keys: torch.Tensor, step: int, temperature: float,
+                top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Sample one token per row from softmax(logits / temperature); temperature 0 means greedy."""
+    logits = logits.float()
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = filter_logits(logits / temperature, top_k, top_p)
+    return (logits + gumbel_noise(row_keys, step, logits.shape[-1])).argmax(-1)
+
+
+@dataclass
+class Rollout:
+    prompt_ids: torch.Tensor  # [B, P] left-padded
+    prompt_mask: torch.Tensor  # [B, P]
+    completion_ids: torch.Tensor  # [B, C] right-padded
+    completion_mask: torch.Tensor  # [B, C] 1 up to and including the first EOS
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.completion_mask.sum())
+
+    def select(self, rows: slice | torch.Tensor) -> Rollout:
+        return Rollout(self.prompt_ids[rows], self.prompt_mask[rows], self.completion_ids[rows],
+                       self.completion_mask[rows])
+
+
+def left_pad(sequences: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+            mask[row, width - len(seq):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def right_pad(sequences: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(1, max(len(s) for s in sequences))
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
+            mask[row, :len(seq)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
+@torch.no_grad()
+def sample_completions(model: nn.Module, prompts: list[list[int]], row_keys: list[int], *, pad_token_id: int,
+                       eos_token_ids: list[int], max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
+                       top_p: float = 1.0) -> Rollout:
+    """Sample one completion per prompt with the KV cache on.
+
+    The model runs in eval mode here, so gradient checkpointing (active only in training mode) cannot switch the
+    cache off; its previous mode is restored afterwards.
+    """
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    prompt_ids, prompt_mask = left_pad(prompts, pad_token_id, device)
+    keys = torch.tensor(row_keys, dtype=torch.int64, device=device)
+    eos = torch.tensor(eos_token_ids, device=device)
+    rows = prompt_ids.shape[0]
+
+    was_training = model.training
+    model.eval()
+    try:
+        cache = DynamicCache(config=model.config)
+        attention_mask = prompt_mask
+        positions = position_ids(prompt_mask)
+        logits = model(input_ids=prompt_ids, attention_mask=attention_mask, position_ids=positions,
+                       cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        tokens, alive = [], torch.ones(rows, dtype=torch.bool, device=device)
+        for step in range(max_new_tokens):
+            token = next_tokens(logits, keys, step, temperature, top_k, top_p)
+            token = torch.where(alive, token, torch.full_like(token, pad_token_id))
+            tokens.append(token)
+            alive = alive & ~torch.isin(token, eos)
+            if step == max_new_tokens - 1 or not bool(alive.any()):
+                break
+            attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
+            positions = positions[:, -1:] + 1
+            logits = model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=positions,
+                           cache=cache, use_cache=True).logits[:, -1]
+    finally:
+        model.train(was_training)
+
+    completion_ids = torch.stack(tokens, dim=1) if tokens else prompt_ids.new_zeros((rows, 0))
+    completion_mask = completion_mask_from_eos(completion_ids, eos)
+    completion_ids = completion_ids.masked_fill(completion_mask == 0, pad_token_id)
+    return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask)
+
+
+def completion_mask_from_eos(completion_ids: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
+    """1 for every token up to and including the first EOS of its row, 0 after it."""
+    is_eos = torch.isin(completion_ids, eos).long()
+    eos_before = is_eos.cumsum(-1) - is_eos  # EOS tokens strictly before each position
+    return (eos_before == 0).long()

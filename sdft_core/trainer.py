@@ -1,0 +1,468 @@
+"""The training loop shared by SDFT, SFT and DFT, on Accelerate (one process or many, CPU or GPU).
+
+One optimizer step of SDFT:
+  1. the student samples one completion per prompt from the task prompt alone (on-policy),
+  2. the teacher (EMA of the student) scores those completions given the prompt *and* the demonstration,
+  3. the student is trained to match the teacher token by token (forward KL by default),
+  4. the optimizer steps, then the teacher moves toward the student.
+SFT and DFT use the same data order, batches and optimizer, with cross-entropy on the demonstration instead.
+
+Data order, sampling noise and checkpoints are pure functions of (seed, step), so a run killed at any point and
+resumed from its last checkpoint ends with the same weights as an uninterrupted run, and one process ends with
+the same weights as several processes sharing the same global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import TrainConfig
+from .losses import (
+    completion_loss_mask,
+    cross_entropy_loss,
+    distillation_loss,
+    sequence_mean_weights,
+)
+from .models import (
+    HiddenStates,
+    apply_lora,
+    eos_token_ids,
+    load_model,
+    load_tokenizer,
+    output_head,
+    save_model,
+)
+from .prompts import PromptTooLongError, encode_completion, encode_record
+from .records import Demonstration, RejectedRecord, write_jsonl
+from .rollout import left_pad, position_ids, right_pad, sample_completions, sample_key
+from .teacher import Teacher
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "step-"
+PHASES = ("generation", "teacher", "student", "optimizer")
+
+
+@dataclass(frozen=True)
+class Example:
+    index: int
+    record_id: str
+    student_ids: list[int]
+    teacher_ids: list[int]
+    demonstration_ids: list[int]  # the demonstration + EOS, the SFT/DFT target
+    teacher_truncated: bool
+
+
+def prepare_examples(records: Sequence[Demonstration], tokenizer, config: TrainConfig,
+                     eos_id: int) -> tuple[list[Example], list[RejectedRecord]]:
+    """Tokenize every record; records whose prompts cannot fit are rejected with the reason."""
+    examples, rejected = [], []
+    budget = config.rollout.max_new_tokens
+    for record in records:
+        try:
+            prompts = encode_record(record, tokenizer, config.prompts)
+        except PromptTooLongError as err:
+            rejected.append(RejectedRecord("<training>", f"id {record.id}", "prompt", str(err), record.to_dict()))
+            continue
+        target = encode_completion(tokenizer, record.demonstration, eos_id)
+        if len(target) > budget:  # SFT sees at most as many tokens as SDFT may generate
+            target = target[:budget]
+        examples.append(Example(len(examples), record.id, prompts.student_ids, prompts.teacher_ids, target,
+                                prompts.teacher_truncated))
+    return examples, rejected
+
+
+def cosine_with_warmup(total_steps: int, warmup_steps: int, min_ratio: float = 0.0):
+    """LR multiplier for optimizer step s (0-based): linear warmup from 1/warmup, then cosine to min_ratio."""
+    def multiplier(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return multiplier
+
+
+class TrainerCallback:
+    """Receives the run's events; the pipeline subclasses it to stream metrics to its tracker."""
+
+    def on_train_begin(self, info: dict[str, Any]) -> None: ...
+    def on_step_end(self, step: int, metrics: dict[str, float]) -> None: ...
+    def on_checkpoint(self, step: int, path: Path) -> None: ...
+    def on_train_end(self, result: TrainResult) -> None: ...
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    steps: int
+    final_metrics: dict[str, float]
+    rejected: list[RejectedRecord] = field(default_factory=list)
+    resumed_from: int | None = None
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig, records: Sequence[Demonstration],
+                 callbacks: Sequence[TrainerCallback] = ()):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        config.validate()
+        self.config = config
+        self.callbacks = list(callbacks)
+        self.output_dir = Path(config.output_dir)
+        self.accelerator = Accelerator(mixed_precision=_mixed_precision(config.precision),
+                                       cpu=not torch.cuda.is_available())
+        set_seed(config.seed)
+        self.device = self.accelerator.device
+
+        self.tokenizer = load_tokenizer(config.model, config.trust_remote_code)
+        lm = load_model(config.model, torch.float32, config.trust_remote_code)
+        if config.lora is not None:
+            lm = apply_lora(lm, config.lora)
+        if config.gradient_checkpointing:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.pad_id = self.tokenizer.pad_token_id
+        self.eos_ids = eos_token_ids(lm, self.tokenizer)
+
+        self.examples, self.rejected = prepare_examples(records, self.tokenizer, config, self.tokenizer.eos_token_id)
+        if not self.examples:
+            raise ValueError(f"no trainable examples: {len(self.rejected)} of {len(records)} records were "
+                             f"rejected, e.g. {self.rejected[0] if self.rejected else 'none given'}")
+
+        world = self.accelerator.num_processes
+        rows_per_step = config.batch_size * config.rollout.num_generations
+        if rows_per_step % (world * config.micro_batch_size):
+            raise ValueError(f"batch_size x num_generations = {rows_per_step} sequences per step must be a "
+                             f"multiple of processes x micro_batch_size = {world} x {config.micro_batch_size}")
+        self.rows_per_process = rows_per_step // world
+        self.accumulation_steps = self.rows_per_process // config.micro_batch_size
+        self.total_steps = config.max_steps or math.ceil(config.epochs * len(self.examples) / config.batch_size)
+
+        self.trainable = [p for p in lm.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate, betas=config.adam_betas,
+                                      eps=config.adam_eps, weight_decay=config.weight_decay, foreach=True)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, cosine_with_warmup(self.total_steps, config.warmup_steps, config.min_lr_ratio))
+        self.model, self.optimizer = self.accelerator.prepare(HiddenStates(lm), optimizer)
+        self.lm = self.accelerator.unwrap_model(self.model).lm
+        self.teacher = (Teacher(self.lm, config.teacher.kind, config.teacher.ema_alpha)
+                        if config.method == "sdft" else None)
+        self._orders: dict[int, list[int]] = {}
+        self.step = 0
+
+    # ----------------------------------------------------------------------------------------------- data
+    def _epoch_order(self, epoch: int) -> list[int]:
+        if epoch not in self._orders:
+            generator = torch.Generator().manual_seed(sample_key(self.config.seed, epoch))
+            self._orders[epoch] = torch.randperm(len(self.examples), generator=generator).tolist()
+        return self._orders[epoch]
+
+    def step_rows(self, step: int) -> list[tuple[Example, int]]:
+        """This process's (example, row key) pairs for an optimizer step: a contiguous slice of the global batch."""
+        n, batch = len(self.examples), self.config.batch_size
+        rows = []
+        for position in range(step * batch, (step + 1) * batch):
+            epoch = position // n
+            example = self.examples[self._epoch_order(epoch)[position % n]]
+            for generation in range(self.config.rollout.num_generations):
+                rows.append((example, sample_key(self.config.seed, epoch, example.index, generation)))
+        rank = self.accelerator.process_index
+        return rows[rank * self.rows_per_process:(rank + 1) * self.rows_per_process]
+
+    # ----------------------------------------------------------------------------------------------- steps
+    @contextmanager
+    def _timed(self, timings: dict[str, float], phase: str):
+        """Accumulate wall time of a phase; on GPU, wait for queued kernels so the split is honest."""
+        self._synchronize()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._synchronize()
+            timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - start
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def generate(self, rows: list[tuple[Example, int]]) -> list[list[int]]:
+        """On-policy completions (token lists, EOS included when emitted) for the given rows."""
+        rollout_cfg = self.config.rollout
+        chunk = rollout_cfg.batch_size or len(rows)
+        completions: list[list[int]] = []
+        for start in range(0, len(rows), chunk):
+            part = rows[start:start + chunk]
+            with self.accelerator.autocast():
+                rollout = sample_completions(
+                    self.lm, [ex.student_ids for ex, _ in part], [key for _, key in part], pad_token_id=self.pad_id,
+                    eos_token_ids=self.eos_ids, max_new_tokens=rollout_cfg.max_new_tokens,
+                    temperature=rollout_cfg.temperature, top_k=rollout_cfg.top_k, top_p=rollout_cfg.top_p)
+            lengths = rollout.completion_mask.sum(-1).tolist()
+            completions += [ids[:length] for ids, length in zip(rollout.completion_ids.tolist(), lengths)]
+        return completions
+
+    def _completion_hidden(self, forward, prompts: list[list[int]], completion_ids: torch.Tensor,
+                           completion_mask: torch.Tensor) -> torch.Tensor:
+        """Hidden states [B, C, H] at the positions that predict each completion token."""
+        prompt_ids, prompt_mask = left_pad(prompts, self.pad_id, self.device)
+        input_ids = torch.cat([prompt_ids, completion_ids[:, :-1]], dim=1)
+        attention_mask = torch.cat([prompt_mask, completion_mask[:, :-1]], dim=1)
+        hidden = forward(input_ids, attention_mask, position_ids(attention_mask))
+        return hidden[:, prompt_ids.shape[1] - 1:]
+
+    def micro_step(self, rows: list[tuple[Example, int]], completions: list[list[int]],
+                   timings: dict[str, float]) -> dict[str, float]:
+        """Forward and backward of one micro-batch; the loss is pre-scaled for gradient accumulation."""
+        config = self.config
+        completion_ids, completion_mask = right_pad(completions, self.pad_id, self.device)
+        sdft = config.method == "sdft"
+        loss_mask = completion_loss_mask(completion_mask, config.loss.skip_first_tokens if sdft else 0)
+        weights = sequence_mean_weights(loss_mask) / self.accumulation_steps
+        selected = loss_mask.bool()
+        students = [ex.student_ids for ex, _ in rows]
+        with self.accelerator.autocast():
+            if sdft:
+                with self._timed(timings, "teacher"):
+                    teacher_hidden = self._completion_hidden(
+                        lambda *a: self.teacher.hidden_states(self.lm, *a), [ex.teacher_ids for ex, _ in rows],
+                        completion_ids, completion_mask)[selected]
+            with self._timed(timings, "student"):
+                student_hidden = self._completion_hidden(self.model, students, completion_ids,
+                                                         completion_mask)[selected]
+                if sdft:
+                    loss, per_token = distillation_loss(student_hidden, output_head(self.lm), teacher_hidden,
+                                                        self.teacher.head(self.lm), weights[selected], config.loss,
+                                                        config.rollout.temperature)
+                else:
+                    loss, per_token = cross_entropy_loss(student_hidden, output_head(self.lm),
+                                                         completion_ids[selected], weights[selected],
+                                                         config.loss.chunk_size, dft=config.method == "dft")
+                self.accelerator.backward(loss)
+        return {"loss": float(loss.detach()) * self.accumulation_steps, "token_value_sum": float(per_token.sum()),
+                "loss_tokens": float(selected.sum())}
+
+    def train_step(self) -> dict[str, float]:
+        config = self.config
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        rows = self.step_rows(self.step)
+        if config.method == "sdft":
+            with self._timed(timings, "generation"):
+                completions = self.generate(rows)
+        else:
+            completions = [ex.demonstration_ids for ex, _ in rows]
+
+        sums = {"loss": 0.0, "token_value_sum": 0.0, "loss_tokens": 0.0}
+        micro = config.micro_batch_size
+        for index, start in enumerate(range(0, len(rows), micro)):
+            last = index == self.accumulation_steps - 1
+            with nullcontext() if last else self.accelerator.no_sync(self.model):
+                out = self.micro_step(rows[start:start + micro], completions[start:start + micro], timings)
+            for key in sums:
+                sums[key] += out[key]
+
+        with self._timed(timings, "optimizer"):
+            grad_norm = self.accelerator.clip_grad_norm_(self.trainable, config.max_grad_norm)
+            lr = self.scheduler.get_last_lr()[0]
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.teacher is not None:
+                self.teacher.update()
+        self.step += 1
+
+        generated = sum(len(c) for c in completions)
+        local = torch.tensor([sums["loss"] / self.accumulation_steps, sums["token_value_sum"], sums["loss_tokens"],
+                              generated, sum(int(c[-1] in self.eos_ids) for c in completions if c), len(rows)],
+                             dtype=torch.float64, device=self.device)
+        totals = self.accelerator.reduce(local, reduction="sum")
+        world = self.accelerator.num_processes
+        metrics = {
+            "step": self.step,
+            "loss": float(totals[0]) / world,
+            ("divergence" if config.method == "sdft" else "cross_entropy"): float(totals[1] / totals[2].clamp(min=1)),
+            "grad_norm": float(grad_norm),
+            "learning_rate": lr,
+            "completion_tokens_mean": float(totals[3] / totals[5]),
+            "eos_fraction": float(totals[4] / totals[5]),
+            "step_seconds": time.perf_counter() - started,
+        }
+        for phase in PHASES:
+            metrics[f"time_{phase}"] = timings.get(phase, 0.0)
+        if config.method == "sdft":
+            metrics["generated_tokens_per_s"] = float(totals[3]) / max(timings["generation"], 1e-9)
+        return metrics
+
+    # ----------------------------------------------------------------------------------------------- run
+    def train(self) -> TrainResult:
+        from tqdm.auto import tqdm
+
+        resumed_from = self.resume()
+        main = self.accelerator.is_main_process
+        info = {"total_steps": self.total_steps, "examples": len(self.examples), "rejected": len(self.rejected),
+                "processes": self.accelerator.num_processes, "accumulation_steps": self.accumulation_steps,
+                "resumed_from": resumed_from, "teacher_truncated": sum(e.teacher_truncated for e in self.examples),
+                "trainable_parameters": sum(p.numel() for p in self.trainable), "device": str(self.device)}
+        if main:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
+            write_jsonl(self.output_dir / "rejected.jsonl", [r.to_dict() for r in self.rejected])
+            for callback in self.callbacks:
+                callback.on_train_begin(info)
+
+        metrics: dict[str, float] = {}
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not main, desc=self.config.method,
+                   dynamic_ncols=True)
+        while self.step < self.total_steps:
+            metrics = self.train_step()
+            if main:
+                with (self.output_dir / "metrics.jsonl").open("a") as handle:
+                    handle.write(json.dumps(metrics) + "\n")
+                for callback in self.callbacks:
+                    callback.on_step_end(self.step, metrics)
+                bar.set_postfix(_progress_fields(metrics), refresh=False)
+                bar.update(1)
+            if self.step % self.config.checkpoint_every == 0 or self.step == self.total_steps:
+                path = self.save_checkpoint()
+                if main:
+                    for callback in self.callbacks:
+                        callback.on_checkpoint(self.step, path)
+        bar.close()
+
+        model_dir = self.output_dir / "model"
+        if main:
+            self.save_final(model_dir)
+        self.accelerator.wait_for_everyone()
+        result = TrainResult(model_dir, self.step, metrics, self.rejected, resumed_from)
+        if main:
+            for callback in self.callbacks:
+                callback.on_train_end(result)
+        return result
+
+    # ----------------------------------------------------------------------------------------------- state
+    @property
+    def checkpoint_root(self) -> Path:
+        return self.output_dir / "checkpoints"
+
+    def save_checkpoint(self) -> Path:
+        from safetensors.torch import save_file
+
+        final = self.checkpoint_root / f"{CHECKPOINT_PREFIX}{self.step:06d}"
+        if self.accelerator.is_main_process:
+            staging = self.checkpoint_root / f".{final.name}.tmp"
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+            trainable = {n: p.detach().contiguous() for n, p in self.lm.named_parameters() if p.requires_grad}
+            save_file(trainable, staging / "model.safetensors")
+            if self.teacher is not None:
+                save_file({n: t.contiguous() for n, t in self.teacher.state_dict().items()},
+                          staging / "teacher.safetensors")
+            torch.save(self.optimizer.state_dict(), staging / "optimizer.pt")
+            torch.save(self.scheduler.state_dict(), staging / "scheduler.pt")
+            torch.save({"cpu": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+                       staging / "rng.pt")
+            (staging / "state.json").write_text(json.dumps({
+                "step": self.step, "total_steps": self.total_steps, "fingerprint": self.config.fingerprint(),
+                "processes": self.accelerator.num_processes, "examples": len(self.examples)}, indent=2))
+            shutil.rmtree(final, ignore_errors=True)
+            os.rename(staging, final)  # a checkpoint either exists whole or not at all
+            for old in list_checkpoints(self.output_dir)[:-self.config.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def resume(self) -> int | None:
+        """Continue from the newest complete checkpoint under output_dir, if there is one."""
+        from safetensors.torch import load_file
+
+        checkpoints = list_checkpoints(self.output_dir)
+        if not checkpoints:
+            return None
+        path = checkpoints[-1]
+        state = json.loads((path / "state.json").read_text())
+        if state["fingerprint"] != self.config.fingerprint():
+            raise ValueError(f"{path} was written by a run with a different training config; use a new "
+                             f"output_dir, or the same config to resume it")
+        if state["examples"] != len(self.examples):
+            raise ValueError(f"{path} was trained on {state['examples']} examples, this run has "
+                             f"{len(self.examples)}; the data changed, use a new output_dir")
+        weights = load_file(path / "model.safetensors", device=str(self.device))
+        with torch.no_grad():
+            for name, param in self.lm.named_parameters():
+                if param.requires_grad:
+                    param.copy_(weights[name])
+        if self.teacher is not None:
+            self.teacher.load_state_dict(load_file(path / "teacher.safetensors", device=str(self.device)))
+        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=self.device,
+                                                  weights_only=True))
+        self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+        rng = torch.load(path / "rng.pt", weights_only=True)
+        torch.set_rng_state(rng["cpu"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.step = state["step"]
+        if self.accelerator.is_main_process:
+            _truncate_metrics(self.output_dir / "metrics.jsonl", self.step)
+        log.info("resumed from %s (step %d of %d)", path, self.step, self.total_steps)
+        return self.step
+
+    def save_final(self, model_dir: Path) -> None:
+        staging = model_dir.with_name(f".{model_dir.name}.tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        save_model(self.lm, self.tokenizer, staging)
+        (staging / "sdft_training.json").write_text(json.dumps(
+            {"config": self.config.to_dict(), "steps": self.step, "base_model": self.config.model}, indent=2))
+        shutil.rmtree(model_dir, ignore_errors=True)
+        os.rename(staging, model_dir)
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
+             and (p / "state.json").exists()]
+    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+
+
+def train(config: TrainConfig, records: Sequence[Demonstration],
+          callbacks: Sequence[TrainerCallback] = ()) -> TrainResult:
+    return Trainer(config, records, callbacks).train()
+
+
+def _mixed_precision(precision: str) -> str:
+    if precision == "bf16":
+        return "bf16"
+    if precision == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "no"
+
+
+def _progress_fields(metrics: dict[str, float]) -> dict[str, str]:
+    fields = {"loss": f"{metrics['loss']:.4f}"}
+    if "divergence" in metrics:
+        fields["kl"] = f"{metrics['divergence']:.4f}"
+    if "generated_tokens_per_s" in metrics:
+        fields["tok/s"] = f"{metrics['generated_tokens_per_s']:.0f}"
+    return fields
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metrics logged after the checkpoint we resume from: those steps run again."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept))
