@@ -24,8 +24,13 @@ _LOG_ZERO = -1e30
 _TARGET_LOGITS_PER_CHUNK = 1 << 26  # ~256 MB per float32 [positions, vocab] tensor
 
 
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    """At least float32: bf16/fp16 logits are upcast, float64 (tests, references) stays float64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def log_probs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    logits = logits.float()
+    logits = _upcast(logits)
     if temperature != 1.0:
         logits = logits / temperature
     return torch.log_softmax(logits, dim=-1).clamp(min=_LOG_ZERO)
@@ -80,7 +85,7 @@ def token_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
 
 def sequence_mean_weights(loss_mask: torch.Tensor, num_sequences: int | None = None) -> torch.Tensor:
     """Weights that turn a sum over tokens into the mean per sequence, then the mean over sequences."""
-    loss_mask = loss_mask.float()
+    loss_mask = _upcast(loss_mask)
     per_sequence = loss_mask.sum(-1, keepdim=True).clamp(min=1.0)
     return loss_mask / per_sequence / (num_sequences or loss_mask.shape[0])
 
@@ -105,12 +110,13 @@ class _ChunkedHeadLoss(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, token_weights, token_loss: TokenLoss, chunk_size: int):
         needs = (hidden.requires_grad, weight.requires_grad, bias is not None and bias.requires_grad)
         grad_hidden = torch.zeros_like(hidden) if needs[0] else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if needs[1] else None
-        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if needs[2] else None
+        grad_weight = torch.zeros_like(_upcast(weight)) if needs[1] else None
+        grad_bias = torch.zeros_like(_upcast(bias)) if needs[2] else None
         w = weight.detach().requires_grad_(needs[1])
         b = None if bias is None else bias.detach().requires_grad_(needs[2])
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        values = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        dtype = torch.promote_types(hidden.dtype, torch.float32)
+        total = torch.zeros((), dtype=dtype, device=hidden.device)
+        values = torch.empty(hidden.shape[0], dtype=dtype, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk_size):
             end = min(start + chunk_size, hidden.shape[0])
             h = hidden[start:end].detach().requires_grad_(needs[0])
@@ -148,7 +154,7 @@ def chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Te
                       chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Weighted sum of per-token losses over rows of `hidden` [N, H]; returns (loss, per-token values [N])."""
     chunk_size = chunk_size or auto_chunk_size(weight.shape[0])
-    return _ChunkedHeadLoss.apply(hidden, weight, bias, token_weights.float(), token_loss, chunk_size)
+    return _ChunkedHeadLoss.apply(hidden, weight, bias, _upcast(token_weights), token_loss, chunk_size)
 
 
 def distillation_loss(student_hidden: torch.Tensor, student_head: tuple[torch.Tensor, torch.Tensor | None],
@@ -173,10 +179,10 @@ def cross_entropy_loss(hidden: torch.Tensor, head: tuple[torch.Tensor, torch.Ten
 
     Returns (loss, per-token cross-entropy); DFT reports plain cross-entropy too, so the methods compare.
     """
-    cross_entropy = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+    cross_entropy = torch.empty(hidden.shape[0], dtype=_upcast(hidden).dtype, device=hidden.device)
 
     def token_loss(logits: torch.Tensor, start: int, end: int) -> torch.Tensor:
-        ce = F.cross_entropy(logits.float(), targets[start:end], reduction="none")
+        ce = F.cross_entropy(_upcast(logits), targets[start:end], reduction="none")
         cross_entropy[start:end] = ce.detach()
         return ce * torch.exp(-ce).detach() if dft else ce
 

@@ -162,6 +162,15 @@ def apply_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
     return get_peft_model(model, config)
 
 
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute activations in backward; only active in training mode, so generation keeps its KV cache."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def save_model(model: nn.Module, tokenizer, path: str | Path) -> Path:
     """A plain Hugging Face directory (safetensors); LoRA adapters are merged into the weights first."""
     path = Path(path)

@@ -162,12 +162,14 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any, Any]]:
     """Yield (location, parsed row, raw text); a row that cannot be parsed comes back as an _Invalid instance."""
     with path.open("rb") as handle:
         for number, line in enumerate(handle, start=1):
+            line = line.rstrip(b"\r\n")
             if not line.strip():
                 continue
             try:
                 text = line.decode("utf-8")
             except UnicodeDecodeError as err:
-                yield f"line {number}", _Invalid(None, f"not valid UTF-8 (byte {err.start}: {err.reason})"), line
+                invalid = _Invalid(None, f"not valid UTF-8 (byte {err.start}: {err.reason})")
+                yield f"line {number}", invalid, line.decode("utf-8", errors="replace")
                 continue
             try:
                 yield f"line {number}", json.loads(text), text

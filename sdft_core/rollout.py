@@ -32,12 +32,21 @@ def mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
+def mix32_int(x: int) -> int:
+    """`mix32` on a Python int (row keys are made on the host, many at a time)."""
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & _MASK32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & _MASK32
+    return x ^ (x >> 16)
+
+
 def sample_key(*parts: int) -> int:
     """Combine integers (seed, epoch, example index, generation index, ...) into one 32-bit row key."""
-    key = torch.tensor(0x9E3779B9, dtype=torch.int64)
+    key = 0x9E3779B9
     for part in parts:
-        key = mix32(key ^ (int(part) & _MASK32))
-    return int(key)
+        key = mix32_int(key ^ (int(part) & _MASK32))
+    return key
 
 
 def gumbel_noise(row_keys: torch.Tensor, step: int, vocab_size: int) -> torch.Tensor:

@@ -38,6 +38,7 @@ from .losses import (
 from .models import (
     HiddenStates,
     apply_lora,
+    enable_activation_checkpointing,
     eos_token_ids,
     load_model,
     load_tokenizer,
@@ -132,7 +133,7 @@ class Trainer:
         if config.lora is not None:
             lm = apply_lora(lm, config.lora)
         if config.gradient_checkpointing:
-            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(lm)
         self.pad_id = self.tokenizer.pad_token_id
         self.eos_ids = eos_token_ids(lm, self.tokenizer)
 
