@@ -115,7 +115,8 @@ class TrainResult:
 
 class Trainer:
     def __init__(self, config: TrainConfig, records: Sequence[Demonstration],
-                 callbacks: Sequence[TrainerCallback] = ()):
+                 callbacks: Sequence[TrainerCallback] = (), rejected: Sequence[RejectedRecord] = ()):
+        """`rejected`: records already refused upstream (e.g. by the reader), reported beside ours."""
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
@@ -137,10 +138,11 @@ class Trainer:
         self.pad_id = self.tokenizer.pad_token_id
         self.eos_ids = eos_token_ids(lm, self.tokenizer)
 
-        self.examples, self.rejected = prepare_examples(records, self.tokenizer, config, self.tokenizer.eos_token_id)
+        self.examples, too_long = prepare_examples(records, self.tokenizer, config, self.tokenizer.eos_token_id)
+        self.rejected = list(rejected) + too_long
         if not self.examples:
-            raise ValueError(f"no trainable examples: {len(self.rejected)} of {len(records)} records were "
-                             f"rejected, e.g. {self.rejected[0] if self.rejected else 'none given'}")
+            reason = f"none of the {len(records)} records fit, e.g. {too_long[0]}" if too_long else "no records given"
+            raise ValueError(f"no trainable examples: {reason}")
 
         world = self.accelerator.num_processes
         rows_per_step = config.batch_size * config.rollout.num_generations
@@ -254,28 +256,29 @@ class Trainer:
         return {"loss": float(loss.detach()) * self.accumulation_steps, "token_value_sum": float(per_token.sum()),
                 "loss_tokens": float(selected.sum())}
 
-    def train_step(self) -> dict[str, float]:
-        config = self.config
-        timings: dict[str, float] = {}
-        started = time.perf_counter()
-        rows = self.step_rows(self.step)
-        if config.method == "sdft":
-            with self._timed(timings, "generation"):
-                completions = self.generate(rows)
-        else:
-            completions = [ex.demonstration_ids for ex, _ in rows]
+    def rollouts(self, rows: list[tuple[Example, int]], timings: dict[str, float]) -> list[list[int]]:
+        """SDFT: the student's own samples. SFT/DFT: the demonstrations."""
+        if self.config.method != "sdft":
+            return [ex.demonstration_ids for ex, _ in rows]
+        with self._timed(timings, "generation"):
+            return self.generate(rows)
 
+    def accumulate_gradients(self, rows: list[tuple[Example, int]], completions: list[list[int]],
+                             timings: dict[str, float]) -> dict[str, float]:
         sums = {"loss": 0.0, "token_value_sum": 0.0, "loss_tokens": 0.0}
-        micro = config.micro_batch_size
+        micro = self.config.micro_batch_size
         for index, start in enumerate(range(0, len(rows), micro)):
             last = index == self.accumulation_steps - 1
             with nullcontext() if last else self.accelerator.no_sync(self.model):
                 out = self.micro_step(rows[start:start + micro], completions[start:start + micro], timings)
             for key in sums:
                 sums[key] += out[key]
+        return sums
 
+    def apply_update(self, timings: dict[str, float]) -> tuple[float, float]:
+        """Clip, step the optimizer and schedule, then move the teacher; returns (grad norm, lr used)."""
         with self._timed(timings, "optimizer"):
-            grad_norm = self.accelerator.clip_grad_norm_(self.trainable, config.max_grad_norm)
+            grad_norm = self.accelerator.clip_grad_norm_(self.trainable, self.config.max_grad_norm)
             lr = self.scheduler.get_last_lr()[0]
             self.optimizer.step()
             self.scheduler.step()
@@ -283,27 +286,36 @@ class Trainer:
             if self.teacher is not None:
                 self.teacher.update()
         self.step += 1
+        return float(grad_norm), lr
+
+    def train_step(self) -> dict[str, float]:
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        rows = self.step_rows(self.step)
+        completions = self.rollouts(rows, timings)
+        sums = self.accumulate_gradients(rows, completions, timings)
+        grad_norm, lr = self.apply_update(timings)
 
         generated = sum(len(c) for c in completions)
+        ended = sum(int(c[-1] in self.eos_ids) for c in completions if c)
         local = torch.tensor([sums["loss"] / self.accumulation_steps, sums["token_value_sum"], sums["loss_tokens"],
-                              generated, sum(int(c[-1] in self.eos_ids) for c in completions if c), len(rows)],
-                             dtype=torch.float64, device=self.device)
-        totals = self.accelerator.reduce(local, reduction="sum")
-        world = self.accelerator.num_processes
+                              generated, ended, len(rows)], dtype=torch.float64, device=self.device)
+        loss, value_sum, loss_tokens, generated, ended, num_rows = self.accelerator.reduce(local, "sum").tolist()
+        sdft = self.config.method == "sdft"
         metrics = {
             "step": self.step,
-            "loss": float(totals[0]) / world,
-            ("divergence" if config.method == "sdft" else "cross_entropy"): float(totals[1] / totals[2].clamp(min=1)),
-            "grad_norm": float(grad_norm),
+            "loss": loss / self.accelerator.num_processes,
+            ("divergence" if sdft else "cross_entropy"): value_sum / max(loss_tokens, 1.0),
+            "grad_norm": grad_norm,
             "learning_rate": lr,
-            "completion_tokens_mean": float(totals[3] / totals[5]),
-            "eos_fraction": float(totals[4] / totals[5]),
+            "completion_tokens_mean": generated / num_rows,
+            "eos_fraction": ended / num_rows,
             "step_seconds": time.perf_counter() - started,
         }
         for phase in PHASES:
             metrics[f"time_{phase}"] = timings.get(phase, 0.0)
-        if config.method == "sdft":
-            metrics["generated_tokens_per_s"] = float(totals[3]) / max(timings["generation"], 1e-9)
+        if sdft:
+            metrics["generated_tokens_per_s"] = generated / max(timings["generation"], 1e-9)
         return metrics
 
     # ----------------------------------------------------------------------------------------------- run
@@ -439,9 +451,9 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
 
-def train(config: TrainConfig, records: Sequence[Demonstration],
-          callbacks: Sequence[TrainerCallback] = ()) -> TrainResult:
-    return Trainer(config, records, callbacks).train()
+def train(config: TrainConfig, records: Sequence[Demonstration], callbacks: Sequence[TrainerCallback] = (),
+          rejected: Sequence[RejectedRecord] = ()) -> TrainResult:
+    return Trainer(config, records, callbacks, rejected).train()
 
 
 def _mixed_precision(precision: str) -> str:

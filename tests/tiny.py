@@ -40,7 +40,8 @@ def make_tokenizer():
     return tokenizer
 
 
-def make_model(tokenizer, seed: int = 0, layers: int = 2, hidden: int = 32, tie: bool = True):
+def make_model(tokenizer, seed: int = 0, layers: int = 2, hidden: int = 32, tie: bool = True,
+               init_std: float = 0.02):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
@@ -48,7 +49,7 @@ def make_model(tokenizer, seed: int = 0, layers: int = 2, hidden: int = 32, tie:
                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=4096, tie_word_embeddings=tie,
                          pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                         bos_token_id=tokenizer.bos_token_id)
+                         bos_token_id=tokenizer.bos_token_id, initializer_range=init_std)
     model = LlamaForCausalLM(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -1,0 +1,178 @@
+"""Command line: `sdft train` and `sdft generate`.
+
+Multi-process / multi-GPU: `accelerate launch --num_processes N -m sdft_core.cli train ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from .config import TrainConfig
+from .models import DEFAULT_MODEL
+
+TRAIN_EPILOG = """\
+examples:
+  # SDFT on the embedded SmolLM2-135M-Instruct (paper defaults: forward KL, EMA teacher alpha=0.01)
+  sdft train --data demos.jsonl --output runs/science --max-new-tokens 256
+
+  # the SFT baseline on identical data and settings
+  sdft train --method sft --data demos.jsonl --output runs/science-sft --max-new-tokens 256
+
+  # any config field, nested ones with dots; or a YAML/JSON file of fields
+  sdft train --data demos.jsonl --output runs/x --set loss.top_k=20 --set prompts.teacher_mode=prior_turn
+  sdft train --config skill.yaml --data demos.jsonl --output runs/x
+
+  # two processes (CPU) or all GPUs of a machine
+  accelerate launch --num_processes 2 --cpu -m sdft_core.cli train --data demos.jsonl --output runs/ddp
+
+Records (JSONL or Parquet): {"id", "prompt" (text or chat messages), "demonstration", "context"?, "system"?}.
+A run killed at any point resumes from its last checkpoint when started again with the same --output.
+The trained model lands in OUTPUT/model (safetensors + tokenizer), metrics in OUTPUT/metrics.jsonl and
+refused records, with the reason, in OUTPUT/rejected.jsonl.
+"""
+
+# flag -> dotted config field
+TRAIN_FLAGS = {
+    "method": "method", "model": "model", "output": "output_dir", "epochs": "epochs", "max_steps": "max_steps",
+    "batch_size": "batch_size", "micro_batch_size": "micro_batch_size", "lr": "learning_rate",
+    "warmup_steps": "warmup_steps", "seed": "seed", "precision": "precision",
+    "checkpoint_every": "checkpoint_every", "max_new_tokens": "rollout.max_new_tokens",
+    "num_generations": "rollout.num_generations", "divergence": "loss.divergence", "teacher": "teacher.kind",
+    "ema_alpha": "teacher.ema_alpha", "teacher_mode": "prompts.teacher_mode",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdft", description="Self-Distillation Fine-Tuning (SDFT): teach a "
+                                     "language model new skills from demonstrations without forgetting.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="fine-tune a model on demonstrations (SDFT, SFT or DFT)",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=TRAIN_EPILOG)
+    train.add_argument("--data", required=True, type=Path, help="demonstrations, .jsonl or .parquet")
+    train.add_argument("--output", help="run directory: checkpoints, metrics, final model (default runs/<method>)")
+    train.add_argument("--method", choices=["sdft", "sft", "dft"],
+                       help="sdft (default): on-policy self-distillation; sft: cross-entropy on the "
+                            "demonstrations; dft: SFT weighted by the model's token probability")
+    train.add_argument("--model", help=f"embedded name, local directory or cached hub id (default {DEFAULT_MODEL})")
+    train.add_argument("--config", type=Path, help="YAML or JSON file of TrainConfig fields")
+    train.add_argument("--epochs", type=float)
+    train.add_argument("--max-steps", type=int, help="optimizer steps; overrides --epochs")
+    train.add_argument("--batch-size", type=int, help="prompts per optimizer step over all processes (default 32)")
+    train.add_argument("--micro-batch-size", type=int, help="sequences per forward pass on one device (default 4)")
+    train.add_argument("--lr", type=float, help="peak learning rate (default 5e-5), cosine decay with warmup")
+    train.add_argument("--warmup-steps", type=int)
+    train.add_argument("--max-new-tokens", type=int, help="rollout length; also caps SFT targets (default 1024)")
+    train.add_argument("--num-generations", type=int, help="samples per prompt (default 1, as in the paper)")
+    train.add_argument("--divergence", choices=["forward_kl", "reverse_kl", "jsd"])
+    train.add_argument("--teacher", choices=["ema", "frozen"])
+    train.add_argument("--ema-alpha", type=float, help="teacher EMA rate per optimizer step (default 0.01)")
+    train.add_argument("--teacher-mode", choices=["inline", "prior_turn"],
+                       help="demonstration inside the question (paper) or as an earlier assistant turn")
+    train.add_argument("--lora-r", type=int, help="train LoRA adapters of this rank instead of all weights")
+    train.add_argument("--gradient-checkpointing", action="store_true", default=None)
+    train.add_argument("--precision", choices=["auto", "fp32", "bf16"])
+    train.add_argument("--seed", type=int)
+    train.add_argument("--checkpoint-every", type=int)
+    train.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                       help="any config field, e.g. loss.top_k=20 (repeatable)")
+    train.add_argument("--strict", action="store_true", help="fail on the first invalid record instead of "
+                                                              "training on the valid ones")
+
+    generate = commands.add_parser("generate", help="answer one prompt with a model")
+    generate.add_argument("--model", default=DEFAULT_MODEL, help="embedded name, directory (e.g. a run's "
+                                                                 "OUTPUT/model) or cached hub id")
+    generate.add_argument("--prompt", required=True, help="the user message; '-' reads standard input")
+    generate.add_argument("--system", help="optional system message")
+    generate.add_argument("--max-new-tokens", type=int, default=256)
+    generate.add_argument("--temperature", type=float, default=0.0, help="0 (default) decodes greedily")
+    generate.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    data: dict = {}
+    if args.config:
+        text = args.config.read_text()
+        data = json.loads(text) if args.config.suffix == ".json" else yaml.safe_load(text) or {}
+    for flag, dotted in TRAIN_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            _assign(data, dotted, value)
+    if args.lora_r is not None:
+        _assign(data, "lora.r", args.lora_r)
+    if args.gradient_checkpointing:
+        data["gradient_checkpointing"] = True
+    for item in args.set:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects FIELD=VALUE, got {item!r}")
+        _assign(data, key.strip(), yaml.safe_load(raw))
+    data.setdefault("output_dir", f"runs/{data.get('method', 'sdft')}")
+    return TrainConfig.from_dict(data)
+
+
+def _assign(data: dict, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        data = data.setdefault(part, {})
+    data[leaf] = value
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .records import read_demonstrations
+    from .trainer import train
+
+    try:
+        config = config_from_args(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    loaded = read_demonstrations(args.data)
+    for rejected in loaded.rejected[:10]:
+        print(f"rejected {rejected}", file=sys.stderr)
+    if loaded.rejected and args.strict:
+        loaded.raise_if_rejected()
+    print(f"{len(loaded.accepted)} demonstrations from {args.data} ({len(loaded.rejected)} rejected)",
+          file=sys.stderr)
+    result = train(config, loaded.accepted, rejected=loaded.rejected)
+    summary = {"model_dir": str(result.model_dir), "steps": result.steps, "resumed_from": result.resumed_from,
+               "rejected": len(result.rejected), "final_metrics": result.final_metrics}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .models import eos_token_ids, load_model, load_tokenizer
+    from .prompts import encode_messages
+    from .rollout import sample_completions, sample_key
+
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+        {"role": "user", "content": prompt}]
+    tokenizer = load_tokenizer(args.model)
+    model = load_model(args.model, torch.float32).to("cuda" if torch.cuda.is_available() else "cpu")
+    rollout = sample_completions(model, [encode_messages(tokenizer, messages)], [sample_key(args.seed)],
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_ids=eos_token_ids(model, tokenizer),
+                                 max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+    print(tokenizer.decode(rollout.completion_ids[0][rollout.completion_mask[0].bool()], skip_special_tokens=True))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    return {"train": run_train, "generate": run_generate}[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

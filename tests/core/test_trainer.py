@@ -1,0 +1,191 @@
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from sdft_core.config import LoraSettings, RolloutConfig, TeacherConfig, TrainConfig
+from sdft_core.records import records_from_dicts
+from sdft_core.trainer import Trainer, TrainerCallback, cosine_with_warmup, list_checkpoints, train
+from tests.tiny import save_tiny_model, toy_records
+
+
+@pytest.fixture(scope="module")
+def peaky_model_dir(tmp_path_factory):
+    """Larger initial weights give peaked distributions, so teacher and student clearly disagree at first."""
+    return save_tiny_model(tmp_path_factory.mktemp("peaky"), init_std=0.3)
+
+
+@pytest.fixture(scope="module")
+def records():
+    return records_from_dicts(toy_records(12)).accepted
+
+
+def config(model_dir, output_dir, **overrides):
+    fields = dict(model=str(model_dir), output_dir=str(output_dir), max_steps=6, batch_size=4, micro_batch_size=2,
+                  learning_rate=3e-3, warmup_steps=2, checkpoint_every=2, rollout=RolloutConfig(max_new_tokens=10))
+    return TrainConfig(**(fields | overrides))
+
+
+def fixed_batch_values(trainer, steps):
+    rows = trainer.step_rows(0)
+    completions = trainer.rollouts(rows, {})
+    values = []
+    for _ in range(steps):
+        out = trainer.accumulate_gradients(rows, completions, {})
+        trainer.apply_update({})
+        values.append(out["token_value_sum"] / out["loss_tokens"])
+    return values
+
+
+def test_sdft_steps_on_a_fixed_batch_lower_the_divergence(peaky_model_dir, records, tmp_path):
+    trainer = Trainer(config(peaky_model_dir, tmp_path, teacher=TeacherConfig(kind="frozen")), records[:4])
+    values = fixed_batch_values(trainer, 12)
+    assert values[0] > 0.5
+    assert values[-1] < 0.3 * values[0]
+
+
+def test_sft_lowers_its_cross_entropy(peaky_model_dir, records, tmp_path):
+    trainer = Trainer(config(peaky_model_dir, tmp_path, method="sft"), records[:4])
+    values = fixed_batch_values(trainer, 12)
+    assert values[-1] < 0.5 * values[0]
+
+
+def test_dft_lowers_its_cross_entropy(peaky_model_dir, records, tmp_path):
+    trainer = Trainer(config(peaky_model_dir, tmp_path, method="dft", learning_rate=3e-2), records[:4])
+    values = fixed_batch_values(trainer, 12)
+    assert values[-1] < values[0] - 0.5
+
+
+def test_full_run_writes_model_metrics_and_checkpoints(peaky_model_dir, records, tmp_path):
+    events = []
+
+    class Recorder(TrainerCallback):
+        def on_train_begin(self, info):
+            events.append(("begin", info["total_steps"]))
+
+        def on_step_end(self, step, metrics):
+            events.append(("step", step, metrics["loss"]))
+
+        def on_checkpoint(self, step, path):
+            events.append(("checkpoint", step))
+
+        def on_train_end(self, result):
+            events.append(("end", result.steps))
+
+    result = train(config(peaky_model_dir, tmp_path, keep_checkpoints=2), records, callbacks=[Recorder()])
+    assert result.steps == 6 and (result.model_dir / "model.safetensors").exists()
+    assert (result.model_dir / "tokenizer.json").exists()
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6]
+    first = metrics[0]
+    for key in ("loss", "divergence", "grad_norm", "learning_rate", "generated_tokens_per_s", "time_generation",
+                "time_teacher", "time_student", "time_optimizer", "eos_fraction", "completion_tokens_mean"):
+        assert math.isfinite(first[key]), key
+    assert first["time_generation"] > 0 and first["time_teacher"] > 0 and first["time_student"] > 0
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000004", "step-000006"]
+    assert events[0] == ("begin", 6) and events[-1] == ("end", 6)
+    assert [e[1] for e in events if e[0] == "checkpoint"] == [2, 4, 6]
+
+
+def test_learning_rate_schedule():
+    multiplier = cosine_with_warmup(total_steps=10, warmup_steps=2, min_ratio=0.1)
+    values = [multiplier(s) for s in range(10)]
+    assert values[:3] == [0.5, 1.0, 1.0]
+    assert all(a >= b for a, b in zip(values[2:], values[3:]))
+    assert values[-1] > 0.1 and abs(multiplier(10) - 0.1) < 1e-12
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def final_weights(output_dir):
+    return load_file(output_dir / "model" / "model.safetensors")
+
+
+@pytest.mark.parametrize("method", ["sdft", "sft"])
+def test_kill_and_resume_gives_the_same_weights(peaky_model_dir, records, tmp_path, method):
+    reference = train(config(peaky_model_dir, tmp_path / "reference", method=method, max_steps=7), records)
+
+    class CrashAfterStep(TrainerCallback):
+        def on_step_end(self, step, metrics):
+            if step == 5:  # between the checkpoints of steps 4 and 6
+                raise Crash
+
+    crashed = config(peaky_model_dir, tmp_path / "crashed", method=method, max_steps=7)
+    with pytest.raises(Crash):
+        train(crashed, records, callbacks=[CrashAfterStep()])
+    assert [p.name for p in list_checkpoints(tmp_path / "crashed")] == ["step-000002", "step-000004"]
+    resumed = train(crashed, records)
+    assert resumed.resumed_from == 4 and resumed.steps == 7
+    want, got = final_weights(tmp_path / "reference"), final_weights(tmp_path / "crashed")
+    assert want.keys() == got.keys()
+    for name in want:
+        assert torch.equal(want[name], got[name]), name
+    steps = [json.loads(line)["step"] for line in (tmp_path / "crashed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 8))
+    assert reference.final_metrics["loss"] == pytest.approx(resumed.final_metrics["loss"], rel=1e-6)
+
+
+def test_crash_while_writing_a_checkpoint_resumes_from_the_previous_one(peaky_model_dir, records, tmp_path,
+                                                                         monkeypatch):
+    reference = train(config(peaky_model_dir, tmp_path / "reference"), records)
+    original_save = torch.save
+    calls = {"n": 0}
+
+    def failing_save(obj, path, *args, **kwargs):
+        if str(path).endswith("optimizer.pt") and "step-000004" in str(path):
+            raise Crash("disk full")
+        calls["n"] += 1
+        return original_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(Crash):
+        train(config(peaky_model_dir, tmp_path / "crashed"), records)
+    monkeypatch.setattr(torch, "save", original_save)
+    assert [p.name for p in list_checkpoints(tmp_path / "crashed")] == ["step-000002"]
+    resumed = train(config(peaky_model_dir, tmp_path / "crashed"), records)
+    assert resumed.resumed_from == 2
+    want, got = final_weights(tmp_path / "reference"), final_weights(tmp_path / "crashed")
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    assert reference.steps == resumed.steps
+
+
+def test_resume_refuses_a_different_config(peaky_model_dir, records, tmp_path):
+    train(config(peaky_model_dir, tmp_path, max_steps=2), records)
+    with pytest.raises(ValueError, match="different training config"):
+        train(config(peaky_model_dir, tmp_path, max_steps=2, learning_rate=1e-4), records)
+
+
+def test_every_example_is_seen_once_per_epoch(peaky_model_dir, records, tmp_path):
+    trainer = Trainer(config(peaky_model_dir, tmp_path, max_steps=None, epochs=2, batch_size=4), records)
+    assert trainer.total_steps == 6
+    seen = [ex.index for step in range(6) for ex, _ in trainer.step_rows(step)]
+    assert sorted(seen[:12]) == list(range(12)) and sorted(seen[12:]) == list(range(12))
+    assert seen[:12] != seen[12:]  # reshuffled per epoch
+
+
+def test_records_that_cannot_fit_are_rejected_with_the_reason(peaky_model_dir, records, tmp_path):
+    too_long = records_from_dicts([{"id": "long", "prompt": "word " * 400, "demonstration": "d"}]).accepted
+    cfg = config(peaky_model_dir, tmp_path, max_steps=1)
+    cfg.prompts.max_prompt_tokens = 200
+    result = train(cfg, list(records) + too_long)
+    (rejected,) = result.rejected
+    assert "record 'long'" in rejected.reason and "max_prompt_tokens=200" in rejected.reason
+    rows = [json.loads(line) for line in (tmp_path / "rejected.jsonl").read_text().splitlines()]
+    assert rows[0]["raw"]["id"] == "long"
+
+
+def test_lora_training_changes_only_adapters_and_saves_a_merged_model(peaky_model_dir, records, tmp_path):
+    cfg = config(peaky_model_dir, tmp_path, max_steps=2, lora=LoraSettings(r=4, alpha=8))
+    trainer = Trainer(cfg, records)
+    assert trainer.teacher is not None and all("lora_" in n for n in trainer.teacher.names)
+    result = trainer.train()
+    merged = load_file(result.model_dir / "model.safetensors")
+    base = load_file(peaky_model_dir / "model.safetensors")
+    assert merged.keys() == base.keys()  # a plain model directory, adapters merged
+    assert not torch.equal(merged["model.layers.0.self_attn.q_proj.weight"],
+                           base["model.layers.0.self_attn.q_proj.weight"])
+    assert torch.equal(merged["model.embed_tokens.weight"], base["model.embed_tokens.weight"])
