@@ -18,8 +18,8 @@ def reference_divergence(student_logits, teacher_logits, kind, beta=0.5, top_k=N
     out = []
     for s_row, t_row in zip(student_logits.double().numpy(), teacher_logits.double().numpy()):
         s_row, t_row = s_row / temperature, t_row / temperature
-        ps = np.exp(s_row - s_row.max()); ps /= ps.sum()
-        pt = np.exp(t_row - t_row.max()); pt /= pt.sum()
+        ps = np.exp(s_row - s_row.max()) / np.exp(s_row - s_row.max()).sum()
+        pt = np.exp(t_row - t_row.max()) / np.exp(t_row - t_row.max()).sum()
         if top_k is not None:
             keep = np.argsort(-pt, kind="stable")[:top_k]
             ps_k, pt_k = ps[keep], pt[keep]
