@@ -159,6 +159,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, cosine_with_warmup(self.total_steps, config.warmup_steps, config.min_lr_ratio))
         self.model, self.optimizer = self.accelerator.prepare(HiddenStates(lm), optimizer)
+        self.model.train()  # from_pretrained returns eval mode; activation checkpointing only acts in train mode
         self.lm = self.accelerator.unwrap_model(self.model).lm
         self.teacher = (Teacher(self.lm, config.teacher.kind, config.teacher.ema_alpha)
                         if config.method == "sdft" else None)
@@ -388,7 +389,8 @@ class Trainer:
                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
                        staging / "rng.pt")
             (staging / "state.json").write_text(json.dumps({
-                "step": self.step, "total_steps": self.total_steps, "fingerprint": self.config.fingerprint(),
+                "step": self.step, "data_position": self.step * self.config.batch_size,
+                "total_steps": self.total_steps, "fingerprint": self.config.fingerprint(),
                 "processes": self.accelerator.num_processes, "examples": len(self.examples)}, indent=2))
             shutil.rmtree(final, ignore_errors=True)
             os.rename(staging, final)  # a checkpoint either exists whole or not at all

@@ -189,3 +189,40 @@ def test_lora_training_changes_only_adapters_and_saves_a_merged_model(peaky_mode
     assert not torch.equal(merged["model.layers.0.self_attn.q_proj.weight"],
                            base["model.layers.0.self_attn.q_proj.weight"])
     assert torch.equal(merged["model.embed_tokens.weight"], base["model.embed_tokens.weight"])
+
+
+def test_num_generations_samples_each_prompt_several_times(peaky_model_dir, records, tmp_path):
+    rollout = RolloutConfig(max_new_tokens=10, num_generations=2)
+    trainer = Trainer(config(peaky_model_dir, tmp_path, batch_size=2, rollout=rollout), records)
+    rows = trainer.step_rows(0)
+    assert len(rows) == 4 and rows[0][0] is rows[1][0] and rows[2][0] is rows[3][0]
+    assert len({key for _, key in rows}) == 4
+    completions = trainer.rollouts(rows, {})
+    assert completions[0] != completions[1]  # two independent samples of the same prompt
+    metrics = trainer.train_step()
+    assert metrics["step"] == 1 and math.isfinite(metrics["loss"])
+
+
+def layer_calls_per_step(trainer):
+    calls = []
+    # a submodule: the layer itself is checkpointed at `forward`, so only its children run again in backward
+    handle = trainer.lm.model.layers[0].self_attn.register_forward_hook(lambda *args: calls.append(1))
+    rows = trainer.step_rows(0)
+    completions = trainer.rollouts(rows, {})
+    calls.clear()
+    trainer.accumulate_gradients(rows, completions, {})
+    handle.remove()
+    return len(calls)
+
+
+def test_activation_checkpointing_recomputes_and_gives_the_same_update(peaky_model_dir, records, tmp_path):
+    plain_calls = layer_calls_per_step(Trainer(config(peaky_model_dir, tmp_path / "a"), records))
+    ckpt_calls = layer_calls_per_step(Trainer(config(peaky_model_dir, tmp_path / "b", gradient_checkpointing=True),
+                                              records))
+    assert plain_calls == 4  # 2 micro-batches x (teacher + student)
+    assert ckpt_calls == 6  # the student's layer runs again in each backward pass
+    plain = train(config(peaky_model_dir, tmp_path / "plain", max_steps=2), records)
+    checkpointed = train(config(peaky_model_dir, tmp_path / "ckpt", max_steps=2, gradient_checkpointing=True), records)
+    want, got = load_file(plain.model_dir / "model.safetensors"), load_file(checkpointed.model_dir / "model.safetensors")
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-6)
