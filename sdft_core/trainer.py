@@ -126,6 +126,7 @@ class Trainer:
         self.output_dir = Path(config.output_dir)
         self.accelerator = Accelerator(mixed_precision=_mixed_precision(config.precision),
                                        cpu=not torch.cuda.is_available())
+        _refuse_sharded_training(self.accelerator)
         set_seed(config.seed)
         self.device = self.accelerator.device
 
@@ -456,6 +457,17 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
 def train(config: TrainConfig, records: Sequence[Demonstration], callbacks: Sequence[TrainerCallback] = (),
           rejected: Sequence[RejectedRecord] = ()) -> TrainResult:
     return Trainer(config, records, callbacks, rejected).train()
+
+
+def _refuse_sharded_training(accelerator) -> None:
+    from accelerate.utils import DistributedType
+
+    sharded = {DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM}
+    if accelerator.distributed_type in sharded:
+        raise NotImplementedError(
+            f"{accelerator.distributed_type.value} is not supported yet: the teacher and the chunked LM-head loss "
+            "need unsharded weights. Use DDP (accelerate launch --num_processes N), and --lora-r / "
+            "--gradient-checkpointing for models that do not fit one device.")
 
 
 def _mixed_precision(precision: str) -> str:
