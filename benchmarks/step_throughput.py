@@ -119,7 +119,8 @@ def print_table(rows: list[dict], machine: str) -> None:
     for r in rows:
         p = r["phases_median_s"]
         print(f"{r['impl']:<10} {r['device']:<6} {r['s_per_step_median']:>10.3f} "
-              f"{'[%.3f..%.3f]' % (r['s_per_step_min'], r['s_per_step_max']):>15} {r['gen_tokens_per_s']:>9.1f} "
+              f"{'[{:.3f}..{:.3f}]'.format(r['s_per_step_min'], r['s_per_step_max']):>15} "
+              f"{r['gen_tokens_per_s']:>9.1f} "
               f"{p['generation']:>10.3f} {p['teacher']:>8.3f} {p['student']:>8.3f} {p['optimizer']:>8.3f} "
               f"{r['peak_mem_mb']:>8.0f}")
     by_impl = {r["impl"]: r for r in rows}

@@ -95,6 +95,7 @@ class TrainConfig:
     seed: int = 42
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on a bf16-capable GPU, else fp32
     gradient_checkpointing: bool = False
+    fsdp: bool = False  # shard weights, gradients and optimizer state over processes (PyTorch FSDP2)
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
     trust_remote_code: bool = False

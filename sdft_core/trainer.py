@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from . import distributed
 from .config import TrainConfig
 from .losses import (
     completion_loss_mask,
@@ -126,13 +127,16 @@ class Trainer:
         self.output_dir = Path(config.output_dir)
         self.accelerator = Accelerator(mixed_precision=_mixed_precision(config.precision),
                                        cpu=not torch.cuda.is_available())
-        _refuse_sharded_training(self.accelerator)
+        self.fsdp = _use_fsdp(config, self.accelerator)
         set_seed(config.seed)
         self.device = self.accelerator.device
 
         self.tokenizer = load_tokenizer(config.model, config.trust_remote_code)
         lm = load_model(config.model, torch.float32, config.trust_remote_code)
         if config.lora is not None:
+            if self.fsdp:
+                raise NotImplementedError("LoRA with FSDP is not supported: LoRA's frozen base weights are shared "
+                                          "with the teacher; use DDP, which LoRA's small gradients suit anyway")
             lm = apply_lora(lm, config.lora)
         if config.gradient_checkpointing:
             enable_activation_checkpointing(lm)
@@ -154,16 +158,25 @@ class Trainer:
         self.accumulation_steps = self.rows_per_process // config.micro_batch_size
         self.total_steps = config.max_steps or math.ceil(config.epochs * len(self.examples) / config.batch_size)
 
+        lm.to(self.device)
+        self.lm = lm
+        self.teacher = (Teacher(lm, config.teacher.kind, config.teacher.ema_alpha)
+                        if config.method == "sdft" else None)
+        root = HiddenStates(lm)
+        root.train()  # from_pretrained returns eval mode; activation checkpointing only acts in train mode
+        if self.fsdp:
+            distributed.shard(root, lm)
+            if self.teacher is not None:
+                self.teacher.shard(lm)
+            self.model = root
+        else:
+            self.model = self.accelerator.prepare(root)  # DDP when there are several processes
         self.trainable = [p for p in lm.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate, betas=config.adam_betas,
                                       eps=config.adam_eps, weight_decay=config.weight_decay, foreach=True)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, cosine_with_warmup(self.total_steps, config.warmup_steps, config.min_lr_ratio))
-        self.model, self.optimizer = self.accelerator.prepare(HiddenStates(lm), optimizer)
-        self.model.train()  # from_pretrained returns eval mode; activation checkpointing only acts in train mode
-        self.lm = self.accelerator.unwrap_model(self.model).lm
-        self.teacher = (Teacher(self.lm, config.teacher.kind, config.teacher.ema_alpha)
-                        if config.method == "sdft" else None)
+        self.optimizer = optimizer if self.fsdp else self.accelerator.prepare(optimizer)
         self._orders: dict[int, list[int]] = {}
         self.step = 0
 
@@ -209,7 +222,7 @@ class Trainer:
         completions: list[list[int]] = []
         for start in range(0, len(rows), chunk):
             part = rows[start:start + chunk]
-            with self.accelerator.autocast():
+            with self.accelerator.autocast(), distributed.gathered_for_generation(self.model):
                 rollout = sample_completions(
                     self.lm, [ex.student_ids for ex, _ in part], [key for _, key in part], pad_token_id=self.pad_id,
                     eos_token_ids=self.eos_ids, max_new_tokens=rollout_cfg.max_new_tokens,
@@ -241,14 +254,14 @@ class Trainer:
             if sdft:
                 with self._timed(timings, "teacher"):
                     teacher_hidden = self._completion_hidden(
-                        lambda *a: self.teacher.hidden_states(self.lm, *a), [ex.teacher_ids for ex, _ in rows],
+                        self.teacher.hidden_states, [ex.teacher_ids for ex, _ in rows],
                         completion_ids, completion_mask)[selected]
             with self._timed(timings, "student"):
                 student_hidden = self._completion_hidden(self.model, students, completion_ids,
                                                          completion_mask)[selected]
                 if sdft:
                     loss, per_token = distillation_loss(student_hidden, output_head(self.lm), teacher_hidden,
-                                                        self.teacher.head(self.lm), weights[selected], config.loss,
+                                                        self.teacher.head(), weights[selected], config.loss,
                                                         config.rollout.temperature)
                 else:
                     loss, per_token = cross_entropy_loss(student_hidden, output_head(self.lm),
@@ -271,16 +284,25 @@ class Trainer:
         micro = self.config.micro_batch_size
         for index, start in enumerate(range(0, len(rows), micro)):
             last = index == self.accumulation_steps - 1
-            with nullcontext() if last else self.accelerator.no_sync(self.model):
+            with self._gradient_sync(last):
                 out = self.micro_step(rows[start:start + micro], completions[start:start + micro], timings)
             for key in sums:
                 sums[key] += out[key]
         return sums
 
+    def _gradient_sync(self, enabled: bool):
+        if self.fsdp:
+            return distributed.gradient_sync(self.model, enabled)
+        return nullcontext() if enabled else self.accelerator.no_sync(self.model)
+
     def apply_update(self, timings: dict[str, float]) -> tuple[float, float]:
         """Clip, step the optimizer and schedule, then move the teacher; returns (grad norm, lr used)."""
         with self._timed(timings, "optimizer"):
-            grad_norm = self.accelerator.clip_grad_norm_(self.trainable, self.config.max_grad_norm)
+            if self.fsdp:
+                grad_norm = distributed.full(torch.nn.utils.clip_grad_norm_(self.trainable,
+                                                                            self.config.max_grad_norm))
+            else:
+                grad_norm = self.accelerator.clip_grad_norm_(self.trainable, self.config.max_grad_norm)
             lr = self.scheduler.get_last_lr()[0]
             self.optimizer.step()
             self.scheduler.step()
@@ -357,8 +379,7 @@ class Trainer:
         bar.close()
 
         model_dir = self.output_dir / "model"
-        if main:
-            self.save_final(model_dir)
+        self.save_final(model_dir)
         self.accelerator.wait_for_everyone()
         result = TrainResult(model_dir, self.step, metrics, self.rejected, resumed_from)
         if main:
@@ -371,20 +392,32 @@ class Trainer:
     def checkpoint_root(self) -> Path:
         return self.output_dir / "checkpoints"
 
+    def student_state(self) -> dict[str, torch.Tensor]:
+        """The student's trainable tensors by name, whole (with FSDP: gathered, on rank 0 only)."""
+        if self.fsdp:
+            return {name.removeprefix("lm."): t for name, t in distributed.full_state_dict(self.model).items()}
+        return {name: p.detach() for name, p in self.lm.named_parameters() if p.requires_grad}
+
+    def optimizer_state(self) -> dict:
+        if self.fsdp:
+            return distributed.full_optimizer_state(self.model, self.optimizer)
+        return self.optimizer.state_dict()
+
     def save_checkpoint(self) -> Path:
         from safetensors.torch import save_file
 
         final = self.checkpoint_root / f"{CHECKPOINT_PREFIX}{self.step:06d}"
+        # Gathering is collective under FSDP: every rank takes part, rank 0 writes.
+        student, optimizer = self.student_state(), self.optimizer_state()
+        teacher = self.teacher.state_dict() if self.teacher is not None else None
         if self.accelerator.is_main_process:
             staging = self.checkpoint_root / f".{final.name}.tmp"
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
-            trainable = {n: p.detach().contiguous() for n, p in self.lm.named_parameters() if p.requires_grad}
-            save_file(trainable, staging / "model.safetensors")
-            if self.teacher is not None:
-                save_file({n: t.contiguous() for n, t in self.teacher.state_dict().items()},
-                          staging / "teacher.safetensors")
-            torch.save(self.optimizer.state_dict(), staging / "optimizer.pt")
+            save_file(_unshared(student), staging / "model.safetensors")
+            if teacher is not None:
+                save_file(_unshared(teacher), staging / "teacher.safetensors")
+            torch.save(optimizer, staging / "optimizer.pt")
             torch.save(self.scheduler.state_dict(), staging / "scheduler.pt")
             torch.save({"cpu": torch.get_rng_state(),
                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
@@ -415,15 +448,19 @@ class Trainer:
         if state["examples"] != len(self.examples):
             raise ValueError(f"{path} was trained on {state['examples']} examples, this run has "
                              f"{len(self.examples)}; the data changed, use a new output_dir")
-        weights = load_file(path / "model.safetensors", device=str(self.device))
-        with torch.no_grad():
-            for name, param in self.lm.named_parameters():
-                if param.requires_grad:
-                    param.copy_(weights[name])
+        weights = load_file(path / "model.safetensors")
+        optimizer = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+        if self.fsdp:
+            distributed.load_full_state_dict(self.model, {f"lm.{name}": t for name, t in weights.items()})
+            distributed.load_full_optimizer_state(self.model, self.optimizer, optimizer)
+        else:
+            with torch.no_grad():
+                for name, param in self.lm.named_parameters():
+                    if param.requires_grad:
+                        param.copy_(weights[name])
+            self.optimizer.load_state_dict(optimizer)
         if self.teacher is not None:
-            self.teacher.load_state_dict(load_file(path / "teacher.safetensors", device=str(self.device)))
-        self.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=self.device,
-                                                  weights_only=True))
+            self.teacher.load_state_dict(load_file(path / "teacher.safetensors"))
         self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
         rng = torch.load(path / "rng.pt", weights_only=True)
         torch.set_rng_state(rng["cpu"])
@@ -436,9 +473,19 @@ class Trainer:
         return self.step
 
     def save_final(self, model_dir: Path) -> None:
+        """The trained model as a plain Hugging Face directory, written atomically by rank 0."""
+        from transformers import AutoModelForCausalLM
+
+        weights = self.student_state() if self.fsdp else None
+        if not self.accelerator.is_main_process:
+            return
         staging = model_dir.with_name(f".{model_dir.name}.tmp")
         shutil.rmtree(staging, ignore_errors=True)
-        save_model(self.lm, self.tokenizer, staging)
+        model = self.lm
+        if weights is not None:  # rebuild an unsharded copy on the host from the gathered weights
+            model = AutoModelForCausalLM.from_config(self.lm.config, dtype=torch.float32)
+            model.load_state_dict(weights, strict=False)
+        save_model(model, self.tokenizer, staging)
         (staging / "sdft_training.json").write_text(json.dumps(
             {"config": self.config.to_dict(), "steps": self.step, "base_model": self.config.model}, indent=2))
         shutil.rmtree(model_dir, ignore_errors=True)
@@ -459,15 +506,26 @@ def train(config: TrainConfig, records: Sequence[Demonstration], callbacks: Sequ
     return Trainer(config, records, callbacks, rejected).train()
 
 
-def _refuse_sharded_training(accelerator) -> None:
+def _use_fsdp(config: TrainConfig, accelerator) -> bool:
+    """FSDP when asked in the config or by `accelerate launch --use_fsdp`; the trainer shards the model itself."""
     from accelerate.utils import DistributedType
 
-    sharded = {DistributedType.FSDP, DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM}
-    if accelerator.distributed_type in sharded:
-        raise NotImplementedError(
-            f"{accelerator.distributed_type.value} is not supported yet: the teacher and the chunked LM-head loss "
-            "need unsharded weights. Use DDP (accelerate launch --num_processes N), and --lora-r / "
-            "--gradient-checkpointing for models that do not fit one device.")
+    if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
+        raise NotImplementedError(f"{accelerator.distributed_type.value} is not supported; use FSDP "
+                                  "(--set fsdp=true, or accelerate launch --use_fsdp) or DDP")
+    return config.fsdp or accelerator.distributed_type == DistributedType.FSDP
+
+
+def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """safetensors refuses tensors that share memory (tied embeddings): keep the first name of each."""
+    seen, out = set(), {}
+    for name, tensor in state.items():
+        key = (tensor.data_ptr(), tensor.shape)
+        if tensor.numel() and key in seen:
+            continue
+        seen.add(key)
+        out[name] = tensor.contiguous()
+    return out
 
 
 def _mixed_precision(precision: str) -> str:

@@ -51,12 +51,13 @@ def test_teacher_forward_matches_a_model_holding_the_teacher_weights(tiny_model)
     with torch.no_grad():
         for (name, param) in reference.named_parameters():
             param.copy_(teacher.state_dict()[name])
-    got = teacher.hidden_states(tiny_model, INPUT_IDS, ATTENTION, position_ids(ATTENTION))
+    got = teacher.hidden_states(INPUT_IDS, ATTENTION, position_ids(ATTENTION))
     want = reference.model(input_ids=INPUT_IDS, attention_mask=ATTENTION,
                            position_ids=position_ids(ATTENTION)).last_hidden_state
     torch.testing.assert_close(got, want)
     # the tied output head is the teacher's embedding, not the student's
-    assert teacher.head(tiny_model)[0] is teacher.state_dict()["model.embed_tokens.weight"]
+    assert teacher.head()[0] is teacher.lm.get_input_embeddings().weight
+    assert teacher.head()[0] is not tiny_model.get_output_embeddings().weight
     student_hidden = tiny_model.model(input_ids=INPUT_IDS, attention_mask=ATTENTION,
                                       position_ids=position_ids(ATTENTION)).last_hidden_state
     assert not torch.allclose(got, student_hidden)
@@ -71,8 +72,8 @@ def test_teacher_runs_without_gradient_and_in_eval_mode(tokenizer):
     noisy = [model.model(input_ids=INPUT_IDS, attention_mask=ATTENTION).last_hidden_state for _ in range(2)]
     assert not torch.equal(*noisy)  # dropout is really active in training mode
     teacher = Teacher(model, "ema")
-    first = teacher.hidden_states(model, INPUT_IDS, ATTENTION, position_ids(ATTENTION))
-    second = teacher.hidden_states(model, INPUT_IDS, ATTENTION, position_ids(ATTENTION))
+    first = teacher.hidden_states(INPUT_IDS, ATTENTION, position_ids(ATTENTION))
+    second = teacher.hidden_states(INPUT_IDS, ATTENTION, position_ids(ATTENTION))
     assert torch.equal(first, second)  # no dropout: eval mode
     assert not first.requires_grad
     assert model.training  # the student's mode is restored
@@ -84,20 +85,22 @@ def test_lora_teacher_holds_only_adapter_weights(tokenizer):
     reference = copy.deepcopy(base)
     model = apply_lora(base, LoraSettings(r=4, alpha=8))
     teacher = Teacher(model, "ema", ema_alpha=0.5)
-    base_numel = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-    teacher_numel = sum(t.numel() for t in teacher.params)
     assert all("lora_" in name for name in teacher.names)
-    assert teacher_numel < 0.5 * base_numel
+    student_tensors = {id(p) for p in model.parameters()}
+    own = [p for p in teacher.lm.parameters() if id(p) not in student_tensors]
+    assert sum(p.numel() for p in own) == sum(t.numel() for t in teacher.params)  # only the adapters are copies
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    assert all(any(p is q for q in teacher.lm.parameters()) for p in frozen)  # base weights are shared
     # At initialisation LoRA's B is zero, so the teacher is exactly the base model.
-    hidden = teacher.hidden_states(model, INPUT_IDS, ATTENTION, position_ids(ATTENTION))
+    hidden = teacher.hidden_states(INPUT_IDS, ATTENTION, position_ids(ATTENTION))
     want = reference.model(input_ids=INPUT_IDS, attention_mask=ATTENTION,
                            position_ids=position_ids(ATTENTION)).last_hidden_state
     torch.testing.assert_close(hidden, want)
     perturb_(model, scale=0.5)
     teacher.update()
-    moved = teacher.hidden_states(model, INPUT_IDS, ATTENTION, position_ids(ATTENTION))
+    moved = teacher.hidden_states(INPUT_IDS, ATTENTION, position_ids(ATTENTION))
     assert not torch.allclose(moved, want)
-    assert teacher.head(model)[0] is model.get_output_embeddings().weight  # frozen head is shared
+    assert teacher.head()[0] is model.get_output_embeddings().weight  # the frozen head is shared too
 
 
 def test_state_round_trip(tiny_model):
