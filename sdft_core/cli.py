@@ -1,6 +1,6 @@
 """Command line: `sdft train` and `sdft generate`.
 
-Multi-process / multi-GPU: `accelerate launch --num_processes N -m sdft_core.cli train ...`.
+Multi-process / multi-GPU: `accelerate launch --multi_gpu --num_processes N -m sdft_core.cli train ...`.
 """
 
 from __future__ import annotations
@@ -27,8 +27,11 @@ examples:
   sdft train --data demos.jsonl --output runs/x --set loss.top_k=20 --set prompts.teacher_mode=prior_turn
   sdft train --config skill.yaml --data demos.jsonl --output runs/x
 
-  # two processes (CPU) or all GPUs of a machine
-  accelerate launch --num_processes 2 --cpu -m sdft_core.cli train --data demos.jsonl --output runs/ddp
+  # several processes: DDP (replicated weights), or FSDP (weights, gradients, optimizer state sharded);
+  # --multi_gpu starts N processes on GPUs, and on CPUs when there are none
+  accelerate launch --multi_gpu --num_processes 8 -m sdft_core.cli train --data demos.jsonl --output runs/ddp
+  accelerate launch --multi_gpu --num_processes 8 -m sdft_core.cli train --data demos.jsonl --output runs/fsdp \
+      --set fsdp=true
 
 Records (JSONL or Parquet): {"id", "prompt" (text or chat messages), "demonstration", "context"?, "system"?}.
 A run killed at any point resumes from its last checkpoint when started again with the same --output.
