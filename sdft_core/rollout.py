@@ -66,8 +66,9 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     if top_p < 1.0:
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cumulative - sorted_logits.softmax(-1) >= top_p  # keep the smallest set reaching top_p
-        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+        drop_sorted = cumulative - sorted_logits.softmax(-1) >= top_p  # keep the smallest set reaching top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
     return logits
 
 
@@ -88,34 +89,16 @@ class Rollout:
     completion_ids: torch.Tensor  # [B, C] right-padded
     completion_mask: torch.Tensor  # [B, C] 1 up to and including the first EOS
 
-    @property
-    def num_tokens(self) -> int:
-        return int(self.completion_mask.sum())
 
-    def select(self, rows: slice | torch.Tensor) -> Rollout:
-        return Rollout(self.prompt_ids[rows], self.prompt_mask[rows], self.completion_ids[rows],
-                       self.completion_mask[rows])
-
-
-def left_pad(sequences: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        if seq:
-            ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
-            mask[row, width - len(seq):] = 1
-    return ids.to(device), mask.to(device)
-
-
-def right_pad(sequences: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+def pad(sequences: list[list[int]], pad_id: int, side: str, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists as a [rows, longest] tensor padded on the `left` (prompts) or `right` (completions), and a mask."""
     width = max(1, max(len(s) for s in sequences))
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for row, seq in enumerate(sequences):
-        if seq:
-            ids[row, :len(seq)] = torch.tensor(seq, dtype=torch.long)
-            mask[row, :len(seq)] = 1
+        span = slice(width - len(seq), width) if side == "left" else slice(0, len(seq))
+        ids[row, span] = torch.tensor(seq, dtype=torch.long)
+        mask[row, span] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -135,7 +118,7 @@ def sample_completions(model: nn.Module, prompts: list[list[int]], row_keys: lis
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
-    prompt_ids, prompt_mask = left_pad(prompts, pad_token_id, device)
+    prompt_ids, prompt_mask = pad(prompts, pad_token_id, "left", device)
     keys = torch.tensor(row_keys, dtype=torch.int64, device=device)
     eos = torch.tensor(eos_token_ids, device=device)
     rows = prompt_ids.shape[0]

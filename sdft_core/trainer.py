@@ -48,7 +48,7 @@ from .models import (
 )
 from .prompts import PromptTooLongError, encode_completion, encode_record
 from .records import Demonstration, RejectedRecord, write_jsonl
-from .rollout import left_pad, position_ids, right_pad, sample_completions, sample_key
+from .rollout import pad, position_ids, sample_completions, sample_key
 from .teacher import Teacher
 
 log = logging.getLogger(__name__)
@@ -220,21 +220,21 @@ class Trainer:
         rollout_cfg = self.config.rollout
         chunk = rollout_cfg.batch_size or len(rows)
         completions: list[list[int]] = []
-        for start in range(0, len(rows), chunk):
-            part = rows[start:start + chunk]
-            with self.accelerator.autocast(), distributed.gathered_for_generation(self.model):
+        with self.accelerator.autocast(), distributed.gathered_for_generation(self.model):
+            for start in range(0, len(rows), chunk):
+                part = rows[start:start + chunk]
                 rollout = sample_completions(
                     self.lm, [ex.student_ids for ex, _ in part], [key for _, key in part], pad_token_id=self.pad_id,
                     eos_token_ids=self.eos_ids, max_new_tokens=rollout_cfg.max_new_tokens,
                     temperature=rollout_cfg.temperature, top_k=rollout_cfg.top_k, top_p=rollout_cfg.top_p)
-            lengths = rollout.completion_mask.sum(-1).tolist()
-            completions += [ids[:length] for ids, length in zip(rollout.completion_ids.tolist(), lengths)]
+                lengths = rollout.completion_mask.sum(-1).tolist()
+                completions += [ids[:length] for ids, length in zip(rollout.completion_ids.tolist(), lengths)]
         return completions
 
     def _completion_hidden(self, forward, prompts: list[list[int]], completion_ids: torch.Tensor,
                            completion_mask: torch.Tensor) -> torch.Tensor:
         """Hidden states [B, C, H] at the positions that predict each completion token."""
-        prompt_ids, prompt_mask = left_pad(prompts, self.pad_id, self.device)
+        prompt_ids, prompt_mask = pad(prompts, self.pad_id, "left", self.device)
         input_ids = torch.cat([prompt_ids, completion_ids[:, :-1]], dim=1)
         attention_mask = torch.cat([prompt_mask, completion_mask[:, :-1]], dim=1)
         hidden = forward(input_ids, attention_mask, position_ids(attention_mask))
@@ -244,7 +244,7 @@ class Trainer:
                    timings: dict[str, float]) -> dict[str, float]:
         """Forward and backward of one micro-batch; the loss is pre-scaled for gradient accumulation."""
         config = self.config
-        completion_ids, completion_mask = right_pad(completions, self.pad_id, self.device)
+        completion_ids, completion_mask = pad(completions, self.pad_id, "right", self.device)
         sdft = config.method == "sdft"
         loss_mask = completion_loss_mask(completion_mask, config.loss.skip_first_tokens if sdft else 0)
         weights = sequence_mean_weights(loss_mask) / self.accumulation_steps

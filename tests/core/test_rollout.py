@@ -136,3 +136,12 @@ def test_tensor_hash_matches_the_integer_hash():
 
     values = [0, 1, 2**31, 2**32 - 1, 123456789, 0x9E3779B9]
     assert mix32(torch.tensor(values)).tolist() == [mix32_int(v) for v in values]
+
+
+def test_padding_sides():
+    from sdft_core.rollout import pad
+
+    ids, mask = pad([[1, 2, 3], [4]], pad_id=0, side="left")
+    assert ids.tolist() == [[1, 2, 3], [0, 0, 4]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    ids, mask = pad([[1, 2, 3], [4]], pad_id=0, side="right")
+    assert ids.tolist() == [[1, 2, 3], [4, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
