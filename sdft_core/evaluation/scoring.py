@@ -27,7 +27,7 @@ def multiple_choice(logprobs: list[float], continuations: list[str], gold: int) 
 
 # ------------------------------------------------------------------------------------------- letters, numbers
 # Only the keyword is case-insensitive: "the answer is a wetland" must not read as option A.
-_ANSWER_IS = re.compile(r"(?i:answer\s*(?:is|:)?\s*(?:option\s*)?)[:\-]?\s*\(?\**([A-J])\**\)?(?![A-Za-z])")
+_ANSWER_IS = re.compile(r"(?i:answer\s*(?:is|:)?\s*(?:option\s*)?)[\s:*\-]*\(?\**([A-J])\**\)?(?![A-Za-z])")
 _LEADING = re.compile(r"^\s*\(?\**([A-J])\**(?:[\.\):]|\s*$)", re.M)
 _LABELLED = re.compile(r"(?<![A-Za-z])\(?([A-J])[\.\)]\s")
 
@@ -185,10 +185,11 @@ def _value_matches(value: Any, allowed: Any) -> bool:
         return math.isclose(float(value), float(allowed), rel_tol=1e-9, abs_tol=1e-12)
     if isinstance(allowed, (list, tuple)) and isinstance(value, (list, tuple)):
         return len(value) == len(allowed) and all(_value_matches(v, a) for v, a in zip(value, allowed))
-    if isinstance(allowed, dict) and isinstance(value, dict):
-        return value.keys() == allowed.keys() and all(
-            any(_value_matches(value[k], a) for a in (allowed[k] if isinstance(allowed[k], list) else [allowed[k]]))
-            for k in allowed)
+    if isinstance(allowed, dict) and isinstance(value, dict):  # nested: each key has its own allowed values
+        options = {k: v if isinstance(v, list) else [v] for k, v in allowed.items()}
+        return set(value) <= set(options) and all(
+            any(_value_matches(value[k], a) for a in options[k]) if k in value else "" in options[k]
+            for k in options)
     return value == allowed
 
 
@@ -197,7 +198,17 @@ def _standardize(text: str) -> str:
 
 
 def format_call(possible_answer: list[dict]) -> str:
-    """A canonical call for a BFCL ground truth: the first allowed value of each argument, optional ones left out."""
+    """A canonical call for a BFCL ground truth: the first allowed value of each argument (also inside nested
+    dicts), optional ones left out."""
     (name, args), = possible_answer[0].items()
-    parts = [f"{arg}={values[0]!r}" for arg, values in args.items() if values and values[0] != ""]
+    parts = [f"{arg}={_first_allowed(values[0])!r}" for arg, values in args.items() if values and values[0] != ""]
     return f"{name}({', '.join(parts)})"
+
+
+def _first_allowed(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _first_allowed(v[0] if isinstance(v, list) and v else v) for k, v in value.items()
+                if not (isinstance(v, list) and v and v[0] == "")}
+    if isinstance(value, list):
+        return [_first_allowed(x) for x in value]
+    return value
