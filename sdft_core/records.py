@@ -30,10 +30,7 @@ class Demonstration:
     @property
     def messages(self) -> list[dict[str, str]]:
         """The task prompt as chat messages, exactly what the model sees at inference."""
-        turns = [{"role": "user", "content": self.prompt}] if isinstance(self.prompt, str) else list(self.prompt)
-        if self.system is not None:
-            turns = [{"role": "system", "content": self.system}] + turns
-        return [dict(t) for t in turns]
+        return chat_messages(self.prompt, self.system)
 
     @property
     def question(self) -> str:
@@ -49,6 +46,14 @@ class Demonstration:
             out["system"] = self.system
         out.update(self.metadata)
         return out
+
+
+def chat_messages(prompt: str | list | tuple, system: str | None = None) -> list[dict[str, str]]:
+    """A prompt (text or messages) and an optional system message as a fresh list of chat messages."""
+    turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if system is not None:
+        turns = [{"role": "system", "content": system}] + turns
+    return [dict(t) for t in turns]
 
 
 @dataclass(frozen=True)

