@@ -62,9 +62,9 @@ class ExperimentConfig:
     steps: int = 10
     batch_size: int = 8
     warmup_steps: int = 2
-    prior_limit: int = 60  # items per prior-capability task
-    eval_limit: int = 150  # items of each skill's eval split
-    validation_limit: int = 50
+    prior_limit: int = 40  # items per prior-capability task
+    eval_limit: int = 100  # items of each skill's eval split
+    validation_limit: int = 40
     teacher_check_sample: int = 24
     sequential: list[str] = field(default_factory=lambda: ["tool_use", "science", "medical"])
     sequential_methods: list[str] = field(default_factory=lambda: ["sft", "sdft"])
