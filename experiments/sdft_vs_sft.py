@@ -22,6 +22,7 @@ import gc
 import json
 import logging
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -59,12 +60,12 @@ class ExperimentConfig:
     methods: list[str] = field(default_factory=lambda: ["sft", "dft", "sdft"])
     learning_rates: list[float] = field(default_factory=lambda: [5e-5, 2e-4])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    steps: int = 10
-    batch_size: int = 8
+    steps: int = 8
+    batch_size: int = 6
     warmup_steps: int = 2
     prior_limit: int = 40  # items per prior-capability task
-    eval_limit: int = 100  # items of each skill's eval split
-    validation_limit: int = 40
+    eval_limit: int = 60  # items of each skill's eval split
+    validation_limit: int = 30
     teacher_check_sample: int = 24
     sequential: list[str] = field(default_factory=lambda: ["tool_use", "science", "medical"])
     sequential_methods: list[str] = field(default_factory=lambda: ["sft", "sdft"])
@@ -117,6 +118,7 @@ class Experiment:
             started = time.perf_counter()
             train(config, records, callbacks=[MlflowSteps(self.mlflow)])
             self.mlflow.log_metric("train_seconds", time.perf_counter() - started)
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # only for resuming; 1-2 GB per run
         gc.collect()
         return run_dir / "model"
 

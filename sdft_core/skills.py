@@ -18,6 +18,7 @@ out):
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import re
@@ -52,14 +53,15 @@ class Skill:
                 "counts": {k: len(v) for k, v in self.splits.items()}}
 
 
-def prior_suite_questions() -> set[str]:
+@functools.cache
+def prior_suite_questions() -> frozenset[str]:
     """Normalised question texts of the prior-capability benchmarks, which no skill may contain."""
     texts = set()
     for task in PRIOR_SUITE:
         for item in task_items(task):
             context = item["requests"][0][0]
             texts.add(normalize_text(context.removeprefix("Question: ").removesuffix("\nAnswer:")))
-    return texts
+    return frozenset(texts)
 
 
 def _split(items: list[dict], eval_size: int, validation_size: int, seed: int) -> dict[str, list[dict]]:
