@@ -1,6 +1,6 @@
 """The experiment: does SDFT learn a new skill while keeping prior capabilities better than SFT and DFT?
 
-    .venv/bin/python experiments/sdft_vs_sft.py                       # full run, sized for ~2.5 h on 2 CPU cores
+    .venv/bin/python experiments/sdft_vs_sft.py                       # full run, sized for ~1.5 h on 2 CPU cores
     .venv/bin/python experiments/sdft_vs_sft.py --config my.yaml      # other sizes / model / skills
 
 On the embedded SmolLM2-135M-Instruct, for each skill (default science and tool_use): base vs SFT vs DFT vs SDFT,
@@ -10,9 +10,16 @@ suite. Then the sequential run (default tool_use -> science -> medical) with SFT
 skill and the prior suite after each stage.
 
 Everything lands under `--out` (default reports/experiment): one folder per training run and per evaluation
-(predictions beside scores), `report.md`, `pareto.png`, `sequential.png`, and `experiment.json`. Work already
-done is reused, so a crashed run continues where it stopped. Runs are logged to MLflow (`MLFLOW_TRACKING_URI`,
-default sqlite:///mlflow.db).
+(predictions beside scores), `report.md`, `pareto.png`, `sequential.png`, and `experiment.json`, which is also
+written to `--json` (default reports/experiment.json) in this shape, scores as fractions:
+
+    {"model": str, "base": {"prior_avg": float, "new_skill": {skill: float}, ...},
+     "runs": [{"skill", "method": "sft"|"dft"|"sdft", "seeds": int, "new_skill_mean", "new_skill_ci": [lo, hi],
+               "prior_avg_mean", "prior_avg_ci": [lo, hi], ...}],
+     "sequential": [{"method", "after": skill, "scores": {skill: float}, "prior_avg": float}], ...}
+
+Work already done is reused, so a crashed run continues where it stopped. Runs are logged to MLflow
+(`MLFLOW_TRACKING_URI`, default sqlite:///mlflow.db).
 """
 
 from __future__ import annotations
@@ -370,12 +377,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, help="YAML of ExperimentConfig fields")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "experiment")
+    parser.add_argument("--json", type=Path, default=ROOT / "reports" / "experiment.json",
+                        help="where the numbers also go, for tools (the shape is in the module docstring)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     fields = yaml.safe_load(args.config.read_text()) if args.config else {}
     config = ExperimentConfig(**(fields or {}))
     started = time.perf_counter()
-    Experiment(config, args.out).run()
+    result = Experiment(config, args.out).run()
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2) + "\n")
     log.info("experiment finished in %.1f min; report: %s", (time.perf_counter() - started) / 60,
              args.out / "report.md")
 
