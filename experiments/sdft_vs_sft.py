@@ -42,7 +42,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sdft_core.config import PromptConfig, RolloutConfig, TrainConfig  # noqa: E402
+from sdft_core.config import PromptConfig, RolloutConfig, TrainConfig, with_overrides  # noqa: E402
 from sdft_core.evaluation.suite import (  # noqa: E402
     TaskResult,
     average,
@@ -118,15 +118,7 @@ class Experiment:
                              checkpoint_every=max(1, self.config.steps // 2),
                              rollout=RolloutConfig(max_new_tokens=spec.max_new_tokens),
                              prompts=PromptConfig(teacher_mode=spec.training.get("prompts.teacher_mode", "inline")))
-        if self.config.overrides:
-            fields = config.to_dict()
-            for dotted, value in self.config.overrides.items():
-                *parents, leaf = dotted.split(".")
-                target = fields
-                for part in parents:
-                    target = target[part]
-                target[leaf] = value
-            config = TrainConfig.from_dict(fields)
+        config = with_overrides(config, self.config.overrides)
         records = records_from_dicts(spec.splits["demonstrations"], source=f"{skill}/demonstrations").accepted
         with self.mlflow.start_run(run_name=name, nested=True):
             self.mlflow.set_tags({"skill": skill, "method": method, "parent": parent, "kind": "training"})

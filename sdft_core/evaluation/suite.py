@@ -41,6 +41,13 @@ class TaskResult:
     def summary(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if k not in ("item_ids", "item_scores")}
 
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TaskResult:
+        return cls(**data)
+
 
 def score_multiple_choice(model, tokenizer, items: Sequence[dict], metric: str, batch_size: int = 16,
                           progress: Callable[[int, int], None] | None = None) -> list[dict]:
@@ -143,6 +150,28 @@ def evaluate_suite(model, tokenizer, tasks: Mapping[str, int | None] | Sequence[
                  results[task].seconds)
     if output_dir is not None:
         save_scores(results, Path(output_dir) / "scores.json")
+    return results
+
+
+def evaluate_model(model_spec: str, skills: Mapping[str, tuple[Sequence[dict], str, int]],
+                   prior_limits: Mapping[str, int | None], output_dir: str | Path | None = None,
+                   benchmarks_dir: str | Path | None = None, batch_size: int = 16) -> dict[str, TaskResult]:
+    """Load a model once and score it on skills ({name: (eval records, scorer, max_new_tokens)}) and prior tasks."""
+    import gc
+
+    import torch
+
+    from ..models import load_model, load_tokenizer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer, model = load_tokenizer(model_spec), load_model(model_spec).to(device).eval()
+    results = {name: evaluate_records(model, tokenizer, name, records, scorer, max_new_tokens, output_dir,
+                                      batch_size)
+               for name, (records, scorer, max_new_tokens) in skills.items()}
+    if prior_limits:
+        results |= evaluate_suite(model, tokenizer, prior_limits, output_dir, benchmarks_dir, batch_size=batch_size)
+    del model
+    gc.collect()
     return results
 
 

@@ -1,0 +1,55 @@
+"""Where a model came from: content hashes of its data (the way DVC computes them) and the code's git commit.
+
+Hashes are computed from the files themselves, so a skill folder's version is known without importing DVC and
+equals what `dvc add data/skills/<skill>` would record; `data.dvc` is read as the plain YAML it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import yaml
+
+
+def file_md5(path: str | Path) -> str:
+    digest = hashlib.md5()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def dvc_dir_md5(folder: str | Path) -> str:
+    """DVC 3's hash of a directory: md5 of its sorted (relpath, md5) manifest, with the `.dir` suffix."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"not a directory: {folder}")
+    manifest = sorted(({"md5": file_md5(p), "relpath": p.relative_to(folder).as_posix()}
+                       for p in folder.rglob("*") if p.is_file()), key=lambda entry: entry["relpath"])
+    return hashlib.md5(json.dumps(manifest, sort_keys=True).encode()).hexdigest() + ".dir"
+
+
+def tracked_md5(dvc_file: str | Path) -> str | None:
+    """The md5 a `.dvc` file records for its output (None when the file is missing)."""
+    dvc_file = Path(dvc_file)
+    if not dvc_file.exists():
+        return None
+    outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs") or []
+    if len(outs) != 1 or "md5" not in outs[0]:
+        raise ValueError(f"{dvc_file}: expected one output with an md5, got {outs!r}")
+    return outs[0]["md5"]
+
+
+def git_commit(repo: str | Path = ".") -> str | None:
+    """HEAD's commit, with '-dirty' when tracked files differ from it; None outside a git checkout."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
