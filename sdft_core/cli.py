@@ -1,4 +1,4 @@
-"""Command line: `sdft train`, `sdft generate`, `sdft data`, `sdft eval`, `sdft teacher-check`.
+"""Command line: `sdft train`, `sdft generate`, `sdft data`, `sdft curate`, `sdft eval`, `sdft teacher-check`.
 
 Multi-process / multi-GPU: `accelerate launch --multi_gpu --num_processes N -m sdft_core.cli train ...`.
 """
@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "demonstrations; dft: SFT weighted by the model's token probability")
     train.add_argument("--model", help=f"embedded name, local directory or cached hub id (default {DEFAULT_MODEL})")
     train.add_argument("--config", type=Path, help="YAML or JSON file of TrainConfig fields")
+    train.add_argument("--skill", type=Path, help="a skill folder: its skill.yaml `training` overrides apply (over "
+                                                  "--config, under the other flags)")
     train.add_argument("--epochs", type=float)
     train.add_argument("--max-steps", type=int, help="optimizer steps; overrides --epochs")
     train.add_argument("--batch-size", type=int, help="prompts per optimizer step over all processes (default 32)")
@@ -92,6 +94,17 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--out", type=Path, default=Path("data"), help="writes OUT/benchmarks and OUT/skills")
     data.add_argument("--skills", nargs="*", help="bundled skills to build (default: all)")
     data.add_argument("--seed", type=int, default=0)
+    data.add_argument("--verify", type=Path, metavar="DVC_FILE",
+                      help="fail unless OUT then hashes to what this .dvc file records (e.g. data.dvc)")
+
+    curate = commands.add_parser("curate", help="validate, deduplicate and split a skill folder's demonstrations; "
+                                                "rejected rows are kept with their reasons")
+    curate.add_argument("--skill", type=Path, required=True, help="a skill folder (demonstrations.jsonl, optional "
+                                                                   "eval.jsonl, skill.yaml)")
+    curate.add_argument("--out", type=Path, required=True, help="writes train.jsonl, eval.jsonl, rejected.parquet "
+                                                                "and skill.yaml (a skill folder `sdft eval` reads)")
+    curate.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="a CurationConfig field, e.g. near_duplicate_threshold=0.95 (repeatable)")
 
     evaluate = commands.add_parser("eval", help="score a model on the prior-capability suite and/or a skill")
     evaluate.add_argument("--model", default=DEFAULT_MODEL)
@@ -101,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "on 2 CPU cores for the embedded model)")
     evaluate.add_argument("--skill", type=Path, action="append", default=[],
                           help="a skill folder; its eval.jsonl is scored with its scorer (repeatable)")
+    evaluate.add_argument("--skill-limit", type=int, help="items of each skill's eval split (default: all)")
     evaluate.add_argument("--benchmarks", type=Path, default=Path("data/benchmarks"),
                           help="extracted benchmark files (read from the packages when missing)")
     evaluate.add_argument("--out", type=Path, help="where predictions and scores.json go")
@@ -130,6 +144,11 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     if args.config:
         text = args.config.read_text()
         data = json.loads(text) if args.config.suffix == ".json" else yaml.safe_load(text) or {}
+    if args.skill:
+        from .skills import read_spec
+
+        for dotted, value in read_spec(args.skill).training.items():
+            _assign(data, dotted, value)
     for flag, dotted in TRAIN_FLAGS.items():
         value = getattr(args, flag)
         if value is not None:
@@ -205,12 +224,39 @@ def run_data(args: argparse.Namespace) -> int:
     for name, folder in build_all(args.out / "skills", args.skills, args.seed).items():
         counts = yaml.safe_load((folder / "skill.yaml").read_text())["counts"]
         print(f"skills/{name}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if args.verify:
+        from .lineage import dvc_dir_md5, tracked_md5
+
+        expected, built = tracked_md5(args.verify), dvc_dir_md5(args.out)
+        if built != expected:
+            print(f"error: {args.out} hashes to {built}, but {args.verify} records {expected}: the data there "
+                  "is not only what the packages build (a skill added by hand?); `dvc pull` it from the remote "
+                  "that holds it", file=sys.stderr)
+            return 1
+        print(f"{args.out} matches {args.verify} ({built})")
+    return 0
+
+
+def run_curate(args: argparse.Namespace) -> int:
+    from .curation import CurationConfig, curate_skill, save_curated
+
+    settings = {}
+    for item in args.set:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set expects FIELD=VALUE, got {item!r}")
+        settings[key.strip()] = yaml.safe_load(raw)
+    result = curate_skill(args.skill, CurationConfig(**settings))
+    save_curated(result, args.skill, args.out)
+    print(json.dumps(result.counts()))
+    for rejected in result.rejected[:10]:
+        print(f"rejected {rejected}", file=sys.stderr)
     return 0
 
 
 def run_eval(args: argparse.Namespace) -> int:
     from .evaluation.suite import average_ci, evaluate_records, evaluate_suite, save_scores
-    from .evaluation.tasks import PRIOR_SUITE
+    from .evaluation.tasks import PRIOR_SUITE, subsample
     from .models import load_tokenizer
     from .skills import read_skill
 
@@ -221,7 +267,8 @@ def run_eval(args: argparse.Namespace) -> int:
     skills = {}
     for folder in args.skill:
         skill = read_skill(folder)
-        skills[skill.name] = evaluate_records(model, tokenizer, skill.name, skill.splits["eval"], skill.scorer,
+        records = subsample(skill.splits["eval"], args.skill_limit)
+        skills[skill.name] = evaluate_records(model, tokenizer, skill.name, records, skill.scorer,
                                               skill.max_new_tokens, output_dir=args.out,
                                               batch_size=args.batch_size)
     rows = [(name, r.metric, r.score, r.n) for name, r in {**results, **skills}.items()]
@@ -268,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    commands = {"train": run_train, "generate": run_generate, "data": run_data, "eval": run_eval,
+    commands = {"train": run_train, "generate": run_generate, "data": run_data, "curate": run_curate, "eval": run_eval,
                 "teacher-check": run_teacher_check}
     return commands[args.command](args)
 

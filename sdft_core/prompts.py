@@ -125,7 +125,8 @@ def encode_record(record: Demonstration, tokenizer, config: PromptConfig) -> Enc
     return EncodedPrompts(student, teacher, truncated)
 
 
-def teacher_context_rows(records: list[Demonstration], tokenizer, config: PromptConfig) -> tuple[list[dict], list[dict]]:
+def teacher_context_rows(records: list[Demonstration], tokenizer,
+                         config: PromptConfig) -> tuple[list[dict], list[dict]]:
     """What the student and the teacher will read for each record, with token counts.
 
     Returns (rows, refused): a refused record's prompt does not fit its budget even with the demonstration cut.

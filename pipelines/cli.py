@@ -1,0 +1,120 @@
+"""`sdft-pipeline`: run a skill's whole chain on the local Dagster instance, and move the champion by hand.
+
+    sdft-pipeline run --skill science --config pipelines/configs/cpu.yaml
+    sdft-pipeline versions
+    sdft-pipeline promote 3 --reason "checked by hand"
+    sdft-pipeline rollback
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+DAGSTER_YAML = """\
+# Written by sdft-pipeline. Runs launched from the UI start at once (no daemon needed); sensors and
+# schedules still need `dagster dev` (or dagster-daemon beside dagster-webserver).
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: DefaultRunCoordinator
+telemetry:
+  enabled: false
+"""
+
+
+def dagster_home() -> Path:
+    """$DAGSTER_HOME, or .sdft/dagster (created with a daemon-free run coordinator)."""
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(".sdft/dagster").resolve())))
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        (home / "dagster.yaml").write_text(DAGSTER_YAML)
+    (home / ".nux").mkdir(exist_ok=True)
+    (home / ".nux" / "nux.yaml").touch()  # the UI's community pop-up otherwise covers the page on first visit
+    return home
+
+
+def run(args: argparse.Namespace) -> int:
+    import dagster as dg
+
+    from pipelines.definitions import defs as load_definitions
+    from pipelines.partitions import skills
+
+    home = dagster_home()
+    definitions = load_definitions()
+    skill_data = definitions.resources["skill_data"]
+    if args.skill not in skill_data.skills():
+        print(f"error: no skill {args.skill!r} under {skill_data.root}/skills (found: "
+              f"{', '.join(skill_data.skills()) or 'none'}); run `make data` first", file=sys.stderr)
+        return 2
+    run_config = yaml.safe_load(args.config.read_text()) if args.config else {}
+    instance = dg.DagsterInstance.get()
+    if not instance.has_dynamic_partition(skills.name, args.skill):
+        instance.add_dynamic_partitions(skills.name, [args.skill])
+    started = time.perf_counter()
+    result = definitions.resolve_job_def("retrain_skill").execute_in_process(
+        partition_key=args.skill, instance=instance, run_config=run_config, raise_on_error=False)
+    minutes = (time.perf_counter() - started) / 60
+    metadata = {event.asset_key.to_user_string(): event.step_materialization_data.materialization.metadata
+                for event in result.get_asset_materialization_events()}
+    print(f"\nDagster run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'} in {minutes:.1f} min "
+          f"(instance {home})")
+    if "benchmark_evaluation" in metadata:
+        evaluation = metadata["benchmark_evaluation"]
+        print(f"\nEvaluation ({args.skill}, candidate vs parent {evaluation['parent'].value}), points:")
+        print(evaluation["deltas"].value)
+        print(f"table: {evaluation['comparison'].value}")
+    if "registered_model" in metadata:
+        registered = metadata["registered_model"]
+        print(f"\nRegistered {registered['model_uri'].value} (MLflow run {registered['mlflow_run_id'].value})")
+        print(registered["outcome"].value)
+    registry, bin_dir = definitions.resources["registry"], Path(sys.executable).parent
+    print(f"""
+Dagster UI:  DAGSTER_HOME={home} {bin_dir}/dagster dev -m pipelines.definitions -h 127.0.0.1 -p 3000
+MLflow UI:   {bin_dir}/mlflow ui --backend-store-uri {registry.tracking_uri} --host 127.0.0.1 --port 5000
+""")
+    return 0 if result.success else 1
+
+
+def registry_command(args: argparse.Namespace) -> int:
+    from pipelines.definitions import defs as load_definitions
+
+    registry = load_definitions().resources["registry"]
+    if args.command == "promote":
+        print(registry.promote(args.version, args.reason))
+    elif args.command == "rollback":
+        print(registry.rollback(args.reason))
+    else:
+        client = registry.client()
+        versions = client.search_model_versions(f"name = '{registry.model_name}'")
+        print(f"{'version':>7}  {'aliases':<20} {'skill':<12} {'gate':<6} {'parent':<28} run")
+        for v in sorted(versions, key=lambda v: int(v.version)):
+            aliases = ",".join(client.get_model_version(registry.model_name, v.version).aliases)
+            print(f"{v.version:>7}  {aliases:<20} {v.tags.get('skill', ''):<12} {v.tags.get('gate.passed', ''):<6} "
+                  f"{v.tags.get('parent', ''):<28} {v.run_id}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sdft-pipeline", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run_parser = commands.add_parser("run", help="materialize a skill's chain, data to registered model")
+    run_parser.add_argument("--skill", default="science", help="a folder under data/skills (default science)")
+    run_parser.add_argument("--config", type=Path, help="Dagster run config (YAML), e.g. pipelines/configs/cpu.yaml")
+    promote = commands.add_parser("promote", help="make a registered version the champion")
+    promote.add_argument("version", type=int)
+    promote.add_argument("--reason", default="manual promotion")
+    rollback = commands.add_parser("rollback", help="give champion back to the version the champion replaced")
+    rollback.add_argument("--reason", default="manual rollback")
+    commands.add_parser("versions", help="list registered versions, aliases and gate results")
+    args = parser.parse_args(argv)
+    return run(args) if args.command == "run" else registry_command(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,327 @@
+"""One skill's chain, one partition per skill: data -> curated -> prompts -> trained -> evaluated -> registered.
+
+Each asset reads its inputs, calls one `sdft_core` function, attaches metadata and lineage and hands a small dict
+on; the files it writes live under the SkillData resource's work folder.
+"""
+
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pydantic
+
+from pipelines.config import config_class, to_dataclass
+from pipelines.defs.resources import Compute, MlflowRegistry, SkillData, tags_json
+from pipelines.metadata import delta_plot, lineage, markdown_table, png_markdown
+from pipelines.partitions import SKILL_CHAIN, skills
+from sdft_core.config import PromptConfig, TrainConfig, with_overrides
+from sdft_core.curation import CurationConfig, curate_skill, save_curated
+from sdft_core.evaluation.tasks import PRIOR_SUITE
+from sdft_core.lineage import file_md5, git_commit
+from sdft_core.promotion import GateConfig, promotion_gate
+from sdft_core.records import read_demonstrations, write_jsonl
+from sdft_core.skills import read_spec
+
+PROJECT = Path(__file__).resolve().parents[2]
+TRAIN_ENTRY = PROJECT / "pipelines" / "train_entry.py"
+CurationRunConfig = config_class(CurationConfig)
+PromptRunConfig = config_class(PromptConfig)
+GateRunConfig = config_class(GateConfig)
+TrainRunConfig = pydantic.create_model(
+    "TrainRunConfig", __base__=config_class(TrainConfig, exclude=("model", "output_dir", "prompts")),
+    __module__=__name__,
+    # applied last, over the skill.yaml's own `training` overrides: {dotted TrainConfig field: value}
+    overrides=(dict[str, Any], {}))
+
+
+class EvaluationRunConfig(dg.Config):
+    skill_limit: int | None = None  # items of the skill's eval split (None: all)
+    prior_tasks: list[str] = list(PRIOR_SUITE)
+    prior_limit: int | None = None  # items per prior-capability task (None: each task's default, ~400)
+    batch_size: int = 16
+
+
+def _key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dg.asset(partitions_def=skills, group_name=SKILL_CHAIN, kinds={"dvc"})
+def demonstrations(context: dg.AssetExecutionContext, skill_data: SkillData) -> dg.Output[dict]:
+    """The skill folder as DVC tracks it; its data version is the folder's DVC hash."""
+    skill = context.partition_key
+    folder = skill_data.folder(skill)
+    value = {"skill": skill, "folder": str(folder), "skill_md5": skill_data.version(skill),
+             "dataset_md5": skill_data.dataset_version(), "git_commit": git_commit(PROJECT),
+             "files": {p.name: file_md5(p) for p in sorted(folder.iterdir()) if p.is_file()}}
+    files = [{"file": name, "md5": md5, "bytes": (folder / name).stat().st_size}
+             for name, md5 in value["files"].items()]
+    return dg.Output(value, data_version=dg.DataVersion(value["skill_md5"]), metadata={
+        **lineage(value), "folder": dg.MetadataValue.path(str(folder)),
+        "files": dg.MetadataValue.md(markdown_table(files))})
+
+
+@dg.asset(partitions_def=skills, group_name=SKILL_CHAIN, kinds={"pandas", "parquet"},
+          check_specs=[dg.AssetCheckSpec("rejected_share_within_limit", asset="curated_demonstrations",
+                                         blocking=True, description="no more than max_rejected_share of the rows "
+                                                                    "were rejected")])
+def curated_demonstrations(context: dg.AssetExecutionContext, config: CurationRunConfig, demonstrations: dict,
+                           skill_data: SkillData):
+    """Valid, deduplicated, length-limited demonstrations and the eval split; rejected rows are quarantined."""
+    settings = to_dataclass(CurationConfig, config)
+    result = curate_skill(demonstrations["folder"], settings)
+    out = save_curated(result, demonstrations["folder"],
+                       skill_data.work(demonstrations["skill"], demonstrations["skill_md5"][:12], "curated"))
+    rejected = result.rejected_rows()
+    spec = read_spec(demonstrations["folder"])
+    counts = result.counts()
+    value = {**demonstrations, "train_path": str(out / "train.jsonl"), "eval_path": str(out / "eval.jsonl"),
+             "rejected_path": str(out / "rejected.parquet"), "counts": counts,
+             "spec": {"name": spec.name, "scorer": spec.scorer, "max_new_tokens": spec.max_new_tokens,
+                      "task_type": spec.task_type, "training": spec.training}}
+    sample = [{"id": r.id, "question": r.question, "demonstration": r.demonstration} for r in result.train[:5]]
+    yield dg.Output(value, metadata={
+        **lineage(value), **{f"rows_{k}": v for k, v in counts.items()}, "eval_source": result.eval_source,
+        "rejected_share": result.rejected_share(), "quarantine": dg.MetadataValue.path(value["rejected_path"]),
+        "sample": dg.MetadataValue.md(markdown_table(sample)),
+        "rejected_sample": dg.MetadataValue.md(markdown_table(rejected, ["location", "field", "category", "reason"],
+                                                              limit=10))})
+    share = result.rejected_share()
+    yield dg.AssetCheckResult(
+        check_name="rejected_share_within_limit", passed=share <= settings.max_rejected_share,
+        description=f"{counts['rejected']} of {counts['read']} rows rejected ({100 * share:.1f}%, limit "
+                    f"{100 * settings.max_rejected_share:.0f}%); reasons in {value['rejected_path']}",
+        metadata={"rejected_share": share, "limit": settings.max_rejected_share,
+                  "first_rejections": dg.MetadataValue.md(markdown_table(
+                      rejected, ["location", "field", "reason"], limit=10))})
+
+
+@dg.asset(partitions_def=skills, group_name=SKILL_CHAIN, kinds={"transformers"},
+          check_specs=[dg.AssetCheckSpec("teacher_prompts_keep_question", asset="teacher_contexts", blocking=True,
+                                         description="every teacher prompt still contains its question verbatim")])
+def teacher_contexts(context: dg.AssetExecutionContext, config: PromptRunConfig, curated_demonstrations: dict,
+                     skill_data: SkillData, registry: MlflowRegistry):
+    """Student and teacher prompts, as the parent model's tokenizer sees them; the parent is fixed here."""
+    import pandas as pd
+
+    from sdft_core.models import load_tokenizer
+    from sdft_core.prompts import teacher_context_rows
+
+    value = curated_demonstrations
+    parent = registry.parent()
+    skill_prompts = {k.removeprefix("prompts."): v for k, v in value["spec"]["training"].items()
+                     if k.startswith("prompts.")}
+    prompts = PromptConfig(**(config.model_dump() | skill_prompts))
+    records = read_demonstrations(value["train_path"]).accepted
+    rows, refused = teacher_context_rows(records, load_tokenizer(parent["model"]), prompts)
+    out = skill_data.work(value["skill"], value["skill_md5"][:12], "contexts", _key(parent["label"], prompts))
+    pd.DataFrame(rows).to_parquet(out / "contexts.parquet", index=False)
+    write_jsonl(out / "refused.jsonl", refused)
+    lost = [r["id"] for r in rows if not r["question_kept"]]
+    frame = pd.DataFrame(rows)
+    stats = {f"{who}_tokens_{stat}": float(getattr(frame[f"{who}_tokens"], stat)()) if rows else 0.0
+             for who in ("student", "teacher") for stat in ("mean", "max")}
+    yield dg.Output({**value, "parent": parent, "prompts": dataclasses.asdict(prompts), "contexts_path":
+                     str(out / "contexts.parquet")}, metadata={
+        **lineage(value), "parent": parent["label"], "teacher_mode": prompts.teacher_mode, "prompts": len(rows),
+        "refused_too_long": len(refused), "teacher_truncated": int(frame["teacher_truncated"].sum()) if rows else 0,
+        **stats, "contexts": dg.MetadataValue.path(str(out / "contexts.parquet")),
+        "example_teacher_prompt": dg.MetadataValue.md("```\n" + (rows[0]["teacher_prompt"] if rows else "") + "\n```")})
+    yield dg.AssetCheckResult(check_name="teacher_prompts_keep_question", passed=not lost,
+                              description=f"{len(lost)} teacher prompts lost their question" if lost else
+                              f"all {len(rows)} teacher prompts contain their question",
+                              metadata={"lost": dg.MetadataValue.json(lost[:50])})
+
+
+@dg.asset(partitions_def=skills, group_name=SKILL_CHAIN, kinds={"pytorch", "accelerate", "mlflow"})
+def sdft_model(context: dg.AssetExecutionContext, config: TrainRunConfig, teacher_contexts: dict,
+               skill_data: SkillData, registry: MlflowRegistry, compute: Compute,
+               pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.Output[dict]:
+    """SDFT from the parent (the champion, or the base model), in `accelerate launch`; a rerun resumes."""
+    value = teacher_contexts
+    parent, spec = value["parent"], value["spec"]
+    settings = config.model_dump()
+    overrides = settings.pop("overrides")
+    train_config = TrainConfig.from_dict(settings | {"model": parent["model"], "output_dir": "",
+                                                     "prompts": value["prompts"]})
+    skill_training = {k: v for k, v in spec["training"].items() if not k.startswith("prompts.")}
+    train_config = with_overrides(with_overrides(train_config, skill_training), overrides)
+    run_key = _key(value["skill"], value["skill_md5"], parent["label"], train_config.fingerprint())
+    run_dir = skill_data.work(value["skill"], "runs", run_key)
+    train_config.output_dir = str(run_dir)
+    (run_dir / "train_config.json").write_text(json.dumps(train_config.to_dict(), indent=2))
+
+    tags = {"skill": value["skill"], "dvc_skill_md5": value["skill_md5"], "dvc_data_md5": value["dataset_md5"],
+            "git_commit": value["git_commit"] or "unknown", "parent": parent["label"],
+            "dagster.run_id": context.run.run_id, "dagster.partition": context.partition_key}
+    run_id = registry.run_for_key(run_key, tags, run_name=f"{value['skill']}-{run_key[:8]}")
+    client = registry.client()
+    if not client.get_run(run_id).data.params:
+        from mlflow.entities import Param
+
+        flat = _flatten(train_config.to_dict())
+        params = [Param(k, str(v)[:6000]) for k, v in flat.items()]
+        for start in range(0, len(params), 100):
+            client.log_batch(run_id, params=params[start:start + 100])
+    metadata: dict[str, Any] = {}
+    model_dir = run_dir / "model"
+    if (model_dir / "model.safetensors").exists():
+        context.log.info("%s already trained (run key %s); reusing it", model_dir, run_key)
+    else:
+        command = compute.launch_command(TRAIN_ENTRY, ["--config", str(run_dir / "train_config.json"),
+                                                       "--data", value["train_path"], "--mlflow-run-id", run_id])
+        try:
+            invocation = pipes_subprocess_client.run(command=command, context=context,
+                                                     env={"MLFLOW_TRACKING_URI": registry.tracking_uri})
+        except Exception:
+            client.set_terminated(run_id, status="FAILED")
+            raise
+        for result in invocation.get_results():
+            metadata |= dict(result.metadata or {})
+    source = registry.log_model_dir(run_id, model_dir)
+    client.set_terminated(run_id, status="FINISHED")
+    final = _last_metrics(run_dir / "metrics.jsonl")
+    out = {**value, "run_id": run_id, "run_key": run_key, "model_dir": str(model_dir), "model_source": source,
+           "train_config": train_config.to_dict()}
+    return dg.Output(out, metadata={
+        **lineage(value), **metadata, "mlflow_run_id": run_id, "parent": parent["label"], "run_dir":
+        dg.MetadataValue.path(str(run_dir)), "model_source": source, "steps": int(final.get("step", 0)),
+        "final_loss": float(final.get("loss", float("nan"))), "config": dg.MetadataValue.json(train_config.to_dict())})
+
+
+@dg.asset(partitions_def=skills, group_name=SKILL_CHAIN, kinds={"pytorch", "mlflow"})
+def benchmark_evaluation(context: dg.AssetExecutionContext, config: EvaluationRunConfig, sdft_model: dict,
+                         skill_data: SkillData, registry: MlflowRegistry) -> dg.Output[dict]:
+    """The candidate and its parent on the skill's eval split and the prior-capability suite, side by side."""
+    from sdft_core.evaluation.suite import TaskResult, average, compare, evaluate_model, paired_difference_ci
+    from sdft_core.evaluation.tasks import subsample
+
+    value = sdft_model
+    skill, spec = value["skill"], value["spec"]
+    eval_records = subsample(read_jsonl(value["eval_path"]), config.skill_limit, seed=1234)
+    if not eval_records:
+        raise ValueError(f"skill {skill!r} has no eval rows ({value['eval_path']}): add eval.jsonl or raise "
+                         "eval_fraction in the curation config")
+    prior_limits = {task: config.prior_limit for task in config.prior_tasks}
+    plan = (file_md5(value["eval_path"]), config.model_dump())
+    results: dict[str, dict[str, TaskResult]] = {}
+    for who, model, label in (("parent", value["parent"]["model"], value["parent"]["label"]),
+                              ("candidate", value["model_dir"], f"run:{value['run_id']}")):
+        folder = skill_data.work("evals", _key(label, plan))
+        cache = folder / "results.json"
+        if cache.exists():
+            results[who] = {k: TaskResult.from_dict(v) for k, v in json.loads(cache.read_text()).items()}
+            context.log.info("%s (%s): cached scores from %s", who, label, cache)
+            continue
+        results[who] = evaluate_model(model, {skill: (eval_records, spec["scorer"], spec["max_new_tokens"])},
+                                      prior_limits, output_dir=folder, benchmarks_dir=skill_data.benchmarks_dir(),
+                                      batch_size=config.batch_size)
+        cache.write_text(json.dumps({k: r.to_dict() for k, r in results[who].items()}))
+
+    parent, candidate = results["parent"], results["candidate"]
+    prior_parent = {t: parent[t] for t in config.prior_tasks}
+    prior_candidate = {t: candidate[t] for t in config.prior_tasks}
+    low, high = paired_difference_ci(parent[skill], candidate[skill])
+    rows = [{"task": f"{skill} (new skill)", "metric": parent[skill].metric, "base": parent[skill].score,
+             "candidate": candidate[skill].score, "delta": candidate[skill].score - parent[skill].score,
+             "delta_ci": [low, high]}]
+    rows += compare(prior_parent, prior_candidate) if prior_parent else []
+    if prior_parent:
+        rows[-1]["task"] = "prior average"
+    out_dir = skill_data.work(skill, "runs", value["run_key"], "evaluation")
+    png = delta_plot(rows, f"{skill}: candidate vs parent ({value['parent']['label']})")
+    (out_dir / "deltas.png").write_bytes(png)
+    (out_dir / "comparison.json").write_text(json.dumps(rows, indent=2))
+    summary = {"new_skill": {"candidate": candidate[skill].score, "parent": parent[skill].score},
+               "prior_average": {"candidate": average(prior_candidate) if prior_candidate else float("nan"),
+                                 "parent": average(prior_parent) if prior_parent else float("nan")},
+               "n_eval": len(eval_records)}
+    client = registry.client()
+    client.log_batch(value["run_id"], metrics=_metrics(candidate, "eval") + _metrics(parent, "parent_eval"))
+    client.log_artifacts(value["run_id"], str(out_dir), "evaluation")
+    table = [{"benchmark": r["task"], "parent": 100 * r["base"], "candidate": 100 * r["candidate"],
+              "delta": 100 * r["delta"], "delta 95% CI": f"[{100 * r['delta_ci'][0]:+.1f}, "
+                                                        f"{100 * r['delta_ci'][1]:+.1f}]"} for r in rows]
+    return dg.Output({**value, "evaluation": summary, "comparison": rows, "comparison_path":
+                      str(out_dir / "comparison.json")}, metadata={
+        **lineage(value), "mlflow_run_id": value["run_id"], "parent": value["parent"]["label"],
+        "new_skill_candidate": summary["new_skill"]["candidate"], "new_skill_parent": summary["new_skill"]["parent"],
+        "prior_average_candidate": summary["prior_average"]["candidate"],
+        "prior_average_parent": summary["prior_average"]["parent"],
+        "deltas": dg.MetadataValue.md(markdown_table(table)), "plot": png_markdown(png, "per-benchmark deltas"),
+        "comparison": dg.MetadataValue.path(str(out_dir / "comparison.json"))})
+
+
+@dg.asset(partitions_def=skills, group_name=SKILL_CHAIN, kinds={"mlflow"})
+def registered_model(context: dg.AssetExecutionContext, config: GateRunConfig, benchmark_evaluation: dict,
+                     registry: MlflowRegistry) -> dg.MaterializeResult:
+    """A registry version per training run (`candidate`), promoted to `champion` only through the gate."""
+    value = benchmark_evaluation
+    scores = value["evaluation"]
+    decision = promotion_gate(scores["new_skill"]["candidate"], scores["new_skill"]["parent"],
+                              scores["prior_average"]["candidate"], scores["prior_average"]["parent"],
+                              to_dataclass(GateConfig, config))
+    tags = {"skill": value["skill"], "dvc_skill_md5": value["skill_md5"], "dvc_data_md5": value["dataset_md5"],
+            "git_commit": value["git_commit"] or "unknown", "parent_version": str(value["parent"]["version"] or ""),
+            "parent": value["parent"]["label"], "mlflow_run_id": value["run_id"],
+            "train_config": tags_json(value["train_config"]), "dagster.run_id": context.run.run_id}
+    version = registry.register(value["run_id"], value["model_source"], tags)
+    number = int(version.version)
+    registry.set_alias("candidate", number)
+    client = registry.client()
+    for key, tag in {"gate.passed": str(decision.passed).lower(), "gate.reasons": decision.summary(),
+                     "eval.new_skill": f"{scores['new_skill']['candidate']:.4f}",
+                     "eval.prior_average": f"{scores['prior_average']['candidate']:.4f}"}.items():
+        client.set_model_version_tag(registry.model_name, str(number), key, tag)
+
+    champion = registry.version_by_alias("champion")
+    current = int(champion.version) if champion else None
+    if not decision.passed:
+        outcome = f"champion unchanged ({current or 'none'}): {decision.summary()}"
+    elif current == number:
+        outcome = f"already champion: {decision.summary()}"
+    elif current != value["parent"]["version"]:
+        # The champion moved on since this candidate was trained; promoting it would drop the newer skills.
+        outcome = (f"champion unchanged ({current}): the candidate was trained from {value['parent']['label']}, "
+                   "not the current champion; retrain it from the champion")
+    else:
+        registry.promote(number, decision.summary())
+        outcome = f"promoted to champion (was {current or 'none'}): {decision.summary()}"
+    context.log.info(outcome)
+    champion = registry.version_by_alias("champion")
+    return dg.MaterializeResult(metadata={
+        **lineage(value), "model_version": number, "model_uri": f"models:/{registry.model_name}/{number}",
+        "mlflow_run_id": value["run_id"], "parent": value["parent"]["label"], "gate_passed": decision.passed,
+        "gate": dg.MetadataValue.md("\n".join(f"- {r}" for r in decision.reasons)), "outcome": outcome,
+        "champion": int(champion.version) if champion else 0,
+        "aliases": dg.MetadataValue.json(sorted(client.get_model_version(registry.model_name, str(number)).aliases))})
+
+
+def read_jsonl(path: str) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _last_metrics(path: Path) -> dict[str, float]:
+    lines = path.read_text().splitlines() if path.exists() else []
+    return json.loads(lines[-1]) if lines else {}
+
+
+def _metrics(results: dict, prefix: str) -> list:
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [Metric(f"{prefix}/{task}", result.score, now, 0) for task, result in results.items()]

@@ -1,0 +1,233 @@
+"""Connections and settings: the DVC-tracked skill data, the MLflow tracking server and registry, the compute."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from sdft_core.config import TrainConfig
+from sdft_core.lineage import dvc_dir_md5, tracked_md5
+
+DEFAULT_MODEL = TrainConfig.model  # the embedded SmolLM2-135M-Instruct, without importing torch here
+
+DEMONSTRATION_FILES = ("demonstrations.jsonl", "demonstrations.parquet")
+
+
+class SkillData(dg.ConfigurableResource):
+    """`<root>/skills/<skill>/` folders, DVC-tracked through `dvc_file`; artifacts of the chain under `work_dir`."""
+
+    root: str = "data"
+    dvc_file: str = "data.dvc"
+    work_dir: str = ".sdft/work"
+
+    def skills(self) -> list[str]:
+        skills_dir = Path(self.root) / "skills"
+        if not skills_dir.is_dir():
+            return []
+        return sorted(p.name for p in skills_dir.iterdir()
+                      if p.is_dir() and any((p / name).exists() for name in DEMONSTRATION_FILES))
+
+    def folder(self, skill: str) -> Path:
+        folder = Path(self.root) / "skills" / skill
+        if not any((folder / name).exists() for name in DEMONSTRATION_FILES):
+            raise FileNotFoundError(f"skill {skill!r}: no {' or '.join(DEMONSTRATION_FILES)} in {folder}")
+        return folder
+
+    def benchmarks_dir(self) -> Path:
+        """Extracted prior-capability benchmarks (tasks missing here are read from their packages)."""
+        return Path(self.root) / "benchmarks"
+
+    def version(self, skill: str) -> str:
+        """The skill folder's DVC hash (what `dvc add` computes), the partition's data version."""
+        return dvc_dir_md5(self.folder(skill))
+
+    def dataset_version(self) -> str:
+        """The md5 `data.dvc` records for the whole data folder ('untracked' when there is no data.dvc)."""
+        return tracked_md5(self.dvc_file) or "untracked"
+
+    def work(self, *parts: str) -> Path:
+        path = Path(self.work_dir).joinpath(*parts)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+class Compute(dg.ConfigurableResource):
+    """How training is launched: `accelerate launch` over all visible GPUs, or one CPU process without them."""
+
+    num_processes: int = 0  # 0: one per visible GPU (one CPU process when there is none)
+    mixed_precision: str = "no"  # the trainer's own `precision` config picks bf16 autocast on GPUs
+    extra_launch_args: list[str] = []
+
+    def launch_command(self, script: Path, args: list[str]) -> list[str]:
+        import torch
+
+        gpus = torch.cuda.device_count()
+        processes = self.num_processes or max(gpus, 1)
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
+                   "--num_machines", "1", "--mixed_precision", self.mixed_precision, "--dynamo_backend", "no"]
+        if gpus == 0:
+            command += ["--cpu", "--num_cpu_threads_per_process", str(os.cpu_count() or 1)]
+        if processes > 1:
+            command.append("--multi_gpu")
+        return command + list(self.extra_launch_args) + [str(script), *args]
+
+
+class MlflowRegistry(dg.ConfigurableResource):
+    """MLflow runs and the model registry (aliases `candidate` and `champion`); a thin layer over MlflowClient."""
+
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment: str = "sdft"
+    model_name: str = "sdft"
+    base_model: str = DEFAULT_MODEL  # the parent of the first skill, before any champion exists
+    model_cache: str = ".sdft/models"  # registered models downloaded from a remote artifact store
+
+    def client(self):
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    def experiment_id(self) -> str:
+        client = self.client()
+        found = client.get_experiment_by_name(self.experiment)
+        return found.experiment_id if found else client.create_experiment(self.experiment, self.artifact_location())
+
+    def artifact_location(self) -> str | None:
+        """Artifacts of a local SQLite store go beside the database, whatever the working directory."""
+        if not self.tracking_uri.startswith("sqlite:///"):
+            return None  # a tracking server chooses (and proxies) its own artifact store
+        return (Path(self.tracking_uri.removeprefix("sqlite:///")).resolve().parent / "mlruns").as_uri()
+
+    # ---------------------------------------------------------------------------------------- runs
+    def run_for_key(self, run_key: str, tags: dict[str, str], run_name: str) -> str:
+        """The MLflow run of this training key: reused when a crashed or repeated materialization comes back."""
+        client = self.client()
+        existing = client.search_runs([self.experiment_id()], f"tags.`sdft.run_key` = '{run_key}'",
+                                      order_by=["attributes.start_time DESC"], max_results=1)
+        if existing:
+            run_id = existing[0].info.run_id
+            if existing[0].info.status != "RUNNING":
+                client.update_run(run_id, status="RUNNING")
+        else:
+            run_id = client.create_run(self.experiment_id(), run_name=run_name,
+                                       tags={"sdft.run_key": run_key}).info.run_id
+        for key, value in tags.items():
+            client.set_tag(run_id, key, value)
+        return run_id
+
+    def log_model_dir(self, run_id: str, model_dir: Path) -> str:
+        """Upload the trained model folder once; returns its artifact URI (the registry's version source)."""
+        client = self.client()
+        if not any(a.path == "model/model.safetensors" for a in client.list_artifacts(run_id, "model")):
+            client.log_artifacts(run_id, str(model_dir), "model")
+        return f"{client.get_run(run_id).info.artifact_uri}/model"
+
+    # ---------------------------------------------------------------------------------------- registry
+    def version_by_alias(self, alias: str):
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client().get_model_version_by_alias(self.model_name, alias)
+        except MlflowException:
+            return None
+
+    def parent(self) -> dict[str, Any]:
+        """What the next skill trains from: the champion, or the base model when there is none yet."""
+        champion = self.version_by_alias("champion")
+        if champion is None:
+            return {"version": None, "model": self.base_model, "label": f"base:{self.base_model}"}
+        return {"version": int(champion.version), "model": str(self.local_copy(champion)),
+                "label": f"{self.model_name}/{champion.version}"}
+
+    def local_copy(self, version) -> Path:
+        """A local folder with a registered version's weights (the store itself when it is on this disk)."""
+        import mlflow
+
+        source = version.source.removeprefix("file://")
+        if Path(source).is_dir():
+            return Path(source)
+        target = Path(self.model_cache) / self.model_name / str(version.version)
+        if not (target / "model.safetensors").exists():
+            staging = Path(str(target) + ".partial")
+            shutil.rmtree(staging, ignore_errors=True)
+            mlflow.set_tracking_uri(self.tracking_uri)
+            path = mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(staging))
+            shutil.move(path, target)
+            shutil.rmtree(staging, ignore_errors=True)
+        return target
+
+    def register(self, run_id: str, source: str, tags: dict[str, str]):
+        """The version created from this run, created once: registering the same run again returns it."""
+        from mlflow.exceptions import MlflowException
+
+        client = self.client()
+        try:
+            client.create_registered_model(self.model_name, description="SDFT: one model, skills accumulate")
+        except MlflowException as err:
+            if "RESOURCE_ALREADY_EXISTS" not in str(err.error_code):
+                raise
+        existing = client.search_model_versions(f"name = '{self.model_name}' and run_id = '{run_id}'")
+        if existing:
+            return min(existing, key=lambda v: int(v.version))
+        return client.create_model_version(self.model_name, source, run_id=run_id, tags=tags)
+
+    def set_alias(self, alias: str, version: int) -> None:
+        self.client().set_registered_model_alias(self.model_name, alias, str(version))
+
+    def promote(self, version: int, reason: str) -> dict[str, Any]:
+        """Make `version` the champion; the version it replaces is remembered for a rollback."""
+        client = self.client()
+        client.get_model_version(self.model_name, str(version))  # fails clearly for an unknown version
+        previous = self.version_by_alias("champion")
+        if previous is not None and int(previous.version) == version:
+            return {"champion": version, "previous": None, "changed": False}
+        if previous is not None:
+            client.set_model_version_tag(self.model_name, str(version), "previous_champion", previous.version)
+        client.set_model_version_tag(self.model_name, str(version), "promotion_reason", reason)
+        self.set_alias("champion", version)
+        return {"champion": version, "previous": int(previous.version) if previous else None, "changed": True}
+
+    def rollback(self, reason: str = "manual rollback") -> dict[str, Any]:
+        """Give the champion alias back to the version the current champion replaced."""
+        champion = self.version_by_alias("champion")
+        if champion is None:
+            raise ValueError(f"{self.model_name} has no champion to roll back")
+        previous = champion.tags.get("previous_champion")
+        if previous is None:
+            raise ValueError(f"{self.model_name}/{champion.version} replaced no earlier champion; nothing to roll "
+                             "back to (promote a version by number instead)")
+        client = self.client()
+        client.set_model_version_tag(self.model_name, champion.version, "rolled_back", reason)
+        self.set_alias("champion", int(previous))
+        return {"champion": int(previous), "previous": int(champion.version), "changed": True}
+
+    def latest_version_tags(self, skill: str) -> dict[str, str] | None:
+        """Tags of the newest version trained on `skill` (None when the skill was never registered)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            versions = self.client().search_model_versions(f"name = '{self.model_name}' and tag.skill = '{skill}'")
+        except MlflowException:
+            return None
+        return max(versions, key=lambda v: int(v.version)).tags if versions else None
+
+
+def tags_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+@dg.definitions
+def resources() -> dg.Definitions:
+    return dg.Definitions(resources={
+        "skill_data": SkillData(root=os.environ.get("SDFT_DATA_DIR", "data"),
+                                work_dir=os.environ.get("SDFT_WORK_DIR", ".sdft/work")),
+        "registry": MlflowRegistry(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"),
+                                   base_model=os.environ.get("SDFT_BASE_MODEL", DEFAULT_MODEL)),
+        "compute": Compute(),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+    })

@@ -1,0 +1,83 @@
+"""The training process the `sdft_model` asset starts with `accelerate launch` (one process per GPU, or the CPU).
+
+It trains with sdft_core, streams each step's metrics to the MLflow run and, through Dagster Pipes, to the
+Dagster run's log; the main process reports the result as the asset's metadata. Started again with the same
+--config it resumes from the run's last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from sdft_core.config import TrainConfig
+from sdft_core.records import read_demonstrations
+from sdft_core.trainer import TrainerCallback, TrainResult, train
+
+
+class MlflowMetrics(TrainerCallback):
+    def __init__(self, tracking_uri: str | None, run_id: str):
+        from mlflow import MlflowClient
+
+        self.client, self.run_id = MlflowClient(tracking_uri=tracking_uri), run_id
+
+    def on_step_end(self, step, metrics):
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(f"train/{k}", float(v), now, step)
+                                                    for k, v in metrics.items() if k != "step"])
+
+    def on_checkpoint(self, step, path):
+        self.client.set_tag(self.run_id, "last_checkpoint", str(path))
+
+
+class PipesProgress(TrainerCallback):
+    def __init__(self, pipes):
+        self.pipes = pipes
+
+    def on_train_begin(self, info):
+        self.pipes.log.info(f"training: {json.dumps(info)}")
+
+    def on_step_end(self, step, metrics):
+        shown = {k: round(v, 4) for k, v in metrics.items() if k in ("loss", "grad_norm", "lr", "step_seconds")}
+        self.pipes.log.info(f"step {step}: {shown}")
+
+    def on_checkpoint(self, step, path):
+        self.pipes.log.info(f"checkpoint {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import os
+
+    from accelerate import PartialState
+    from dagster_pipes import DAGSTER_PIPES_CONTEXT_ENV_VAR, open_dagster_pipes
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config", type=Path, required=True, help="TrainConfig as JSON")
+    parser.add_argument("--data", type=Path, required=True, help="curated demonstrations")
+    parser.add_argument("--mlflow-run-id", help="stream metrics to this MLflow run")
+    args = parser.parse_args(argv)
+
+    config = TrainConfig.from_dict(json.loads(args.config.read_text()))
+    loaded = read_demonstrations(args.data)
+    main_process = PartialState().is_main_process
+    callbacks: list[TrainerCallback] = []
+    if main_process and args.mlflow_run_id:
+        callbacks.append(MlflowMetrics(os.environ.get("MLFLOW_TRACKING_URI"), args.mlflow_run_id))
+    if not (main_process and DAGSTER_PIPES_CONTEXT_ENV_VAR in os.environ):
+        train(config, loaded.accepted, callbacks, loaded.rejected)
+        return 0
+    with open_dagster_pipes() as pipes:
+        result: TrainResult = train(config, loaded.accepted, callbacks + [PipesProgress(pipes)], loaded.rejected)
+        pipes.report_asset_materialization(metadata={
+            "trained_steps": result.steps, "resumed_from_step": result.resumed_from or 0,
+            "records_refused_by_trainer": len(result.rejected),
+            **{f"final_{k}": float(v) for k, v in result.final_metrics.items() if k in ("loss", "grad_norm")}})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

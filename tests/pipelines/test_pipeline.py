@@ -1,0 +1,239 @@
+"""The Dagster code location end to end on a tiny random-weight model: a real Dagster instance, a real MLflow
+registry (SQLite), real Accelerate subprocesses through Dagster Pipes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from pipelines.defs import assets
+from pipelines.defs.automation import DATA_VERSION_TAG, change_champion, nightly_retrain, skill_data_sensor
+from pipelines.defs.resources import Compute, MlflowRegistry, SkillData
+from sdft_core.lineage import dvc_dir_md5, git_commit
+from tests.tiny import save_tiny_model, toy_records
+
+ROOT = Path(__file__).resolve().parents[2]
+CHAIN = [assets.demonstrations, assets.curated_demonstrations, assets.teacher_contexts, assets.sdft_model,
+         assets.benchmark_evaluation, assets.registered_model]
+RUN_CONFIG = {"ops": {
+    "curated_demonstrations": {"config": {"eval_fraction": 0.3}},
+    "sdft_model": {"config": {"max_steps": 2, "batch_size": 4, "micro_batch_size": 4, "warmup_steps": 0,
+                              "checkpoint_every": 1}},
+    "benchmark_evaluation": {"config": {"prior_tasks": ["arc_easy", "boolq"], "prior_limit": 4, "batch_size": 8}},
+}}
+
+
+def write_skill(folder: Path, rows: list[dict], lines: list[str] = ()) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps(r) + "\n" for r in rows) + "".join(line + "\n" for line in lines)
+    (folder / "demonstrations.jsonl").write_text(text)
+    (folder / "skill.yaml").write_text(f"name: {folder.name}\ntask_type: qa\nscorer: short_answer\nmax_new_tokens: 8\n"
+                                       "training:\n  rollout.max_new_tokens: 8\n")
+    return folder
+
+
+def toy_skill_rows(n: int, offset: int = 0) -> list[dict]:
+    rows = toy_records(n + offset)[offset:]
+    return [r | {"answers": [r["demonstration"]]} for r in rows]
+
+
+class Env:
+    def __init__(self, root: Path):
+        self.root = root
+        self.data = root / "data"
+        self.model = save_tiny_model(root / "tiny")
+        self.skill_data = SkillData(root=str(self.data), dvc_file=str(root / "data.dvc"), work_dir=str(root / "work"))
+        self.registry = MlflowRegistry(tracking_uri=f"sqlite:///{root}/mlflow.db", base_model=str(self.model),
+                                       model_cache=str(root / "models"))
+        self.resources = {"skill_data": self.skill_data, "registry": self.registry, "compute": Compute(),
+                          "pipes_subprocess_client": dg.PipesSubprocessClient()}
+
+    def materialize(self, instance, skill: str, selection=None, run_config=RUN_CONFIG, raise_on_error=True):
+        if not instance.has_dynamic_partition("skill", skill):
+            instance.add_dynamic_partitions("skill", [skill])
+        if selection is not None:  # run config may only name the selected assets
+            names = {a.key.to_user_string() for a in selection}
+            run_config = {"ops": {k: v for k, v in run_config["ops"].items() if k in names}}
+        return dg.materialize(CHAIN, selection=selection, partition_key=skill, instance=instance,
+                              resources=self.resources, run_config=run_config, raise_on_error=raise_on_error)
+
+    def versions(self):
+        client = self.registry.client()  # search results leave aliases out: fetch each version
+        found = client.search_model_versions(f"name = '{self.registry.model_name}'")
+        return [client.get_model_version(v.name, v.version) for v in sorted(found, key=lambda v: int(v.version))]
+
+    def champion(self) -> int | None:
+        version = self.registry.version_by_alias("champion")
+        return int(version.version) if version else None
+
+
+def metadata(result, asset: str) -> dict:
+    events = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == asset]
+    return {k: v.value for k, v in events[-1].step_materialization_data.materialization.metadata.items()}
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """One skill trained, evaluated and registered from the base model; the instance lives for the module."""
+    env = Env(tmp_path_factory.mktemp("pipeline"))
+    write_skill(env.data / "skills" / "toy", toy_skill_rows(24))
+    with dg.instance_for_test() as instance:
+        env.instance = instance
+        env.first = env.materialize(instance, "toy")
+        yield env
+
+
+def test_definitions_load_and_dg_check_passes():
+    from pipelines.definitions import defs
+
+    definitions = defs()
+    dg.Definitions.validate_loadable(definitions)
+    assert {k.to_user_string() for k in definitions.resolve_all_asset_keys()} == {a.key.to_user_string()
+                                                                                 for a in CHAIN}
+    assert definitions.resolve_job_def("retrain_skill") and definitions.resolve_job_def("change_champion")
+    checked = subprocess.run([str(Path(sys.executable).parent / "dg"), "check", "defs"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=300)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "All definitions loaded successfully" in checked.stdout + checked.stderr
+
+
+def test_chain_registers_a_champion_with_lineage(chain):
+    assert chain.first.success
+    folder = chain.data / "skills" / "toy"
+    (version,) = chain.versions()
+    tags = version.tags
+    run = chain.registry.client().get_run(version.run_id)
+    assert tags["skill"] == "toy" and tags["mlflow_run_id"] == version.run_id
+    assert tags["dvc_skill_md5"] == dvc_dir_md5(folder) == run.data.tags["dvc_skill_md5"]
+    assert tags["dvc_data_md5"] == "untracked"  # this test's data folder has no data.dvc
+    assert tags["git_commit"] == git_commit(ROOT) and len(tags["git_commit"].removesuffix("-dirty")) == 40
+    assert tags["parent"] == f"base:{chain.model}" and tags["parent_version"] == ""
+    config = json.loads(tags["train_config"])
+    assert config["max_steps"] == 2 and config["rollout"]["max_new_tokens"] == 8  # run config + skill.yaml
+    assert config["model"] == str(chain.model)
+    assert set(version.aliases) == {"candidate", "champion"} and tags["gate.passed"] == "true"
+    # the MLflow run streamed the training metrics and holds the model the version points at
+    history = chain.registry.client().get_metric_history(version.run_id, "train/loss")
+    assert [m.step for m in history] == [1, 2]
+    assert (Path(version.source.removeprefix("file://")) / "model.safetensors").exists()
+    evaluation = metadata(chain.first, "benchmark_evaluation")
+    assert 0.0 <= evaluation["new_skill_candidate"] <= 1.0 and "prior average" in evaluation["deltas"]
+    assert "data:image/png;base64," in evaluation["plot"]
+    for asset in ("demonstrations", "curated_demonstrations", "sdft_model", "registered_model"):
+        assert metadata(chain.first, asset)["dvc_skill_md5"] == dvc_dir_md5(folder)
+
+
+def test_rematerializing_reuses_the_run_and_registers_once(chain):
+    before = chain.versions()
+    again = chain.materialize(chain.instance, "toy", selection=[assets.sdft_model, assets.benchmark_evaluation,
+                                                                 assets.registered_model])
+    assert again.success
+    after = chain.versions()
+    assert [int(v.version) for v in after] == [int(v.version) for v in before] == [1]
+    assert metadata(again, "sdft_model")["mlflow_run_id"] == before[0].run_id
+    assert "trained_steps" not in metadata(again, "sdft_model")  # no second training process
+    assert metadata(again, "registered_model")["outcome"].startswith("already champion")
+    assert chain.champion() == 1
+
+
+def test_failed_gate_keeps_the_champion_and_next_skill_trains_from_it(chain):
+    write_skill(chain.data / "skills" / "second", toy_skill_rows(16, offset=30))
+    strict = json.loads(json.dumps(RUN_CONFIG))
+    strict["ops"]["registered_model"] = {"config": {"min_gain": 0.5}}
+    result = chain.materialize(chain.instance, "second", run_config=strict)
+    assert result.success
+    registered = metadata(result, "registered_model")
+    assert registered["model_version"] == 2 and registered["gate_passed"] is False
+    assert registered["outcome"].startswith("champion unchanged (1)") and "FAILED" in registered["gate"]
+    assert chain.champion() == 1
+    version = chain.registry.client().get_model_version("sdft", "2")
+    assert set(version.aliases) == {"candidate"}
+    assert version.tags["parent_version"] == "1" and version.tags["parent"] == "sdft/1"
+
+
+def test_change_champion_job_promotes_and_rolls_back(chain):
+    def change(**config):
+        return change_champion.execute_in_process(
+            run_config={"ops": {"set_champion": {"config": config}}}, resources={"registry": chain.registry},
+            instance=chain.instance, raise_on_error=False)
+
+    assert chain.champion() == 1
+    assert change(version=2, reason="reviewed").success and chain.champion() == 2
+    assert change(rollback=True).success and chain.champion() == 1
+    assert not change(version=2, rollback=True).success and chain.champion() == 1
+    assert not change(version=99).success and chain.champion() == 1
+
+
+def test_sensor_adds_new_skills_and_requests_each_data_version_once(tmp_path):
+    skill_data = SkillData(root=str(tmp_path / "data"), work_dir=str(tmp_path / "work"))
+    write_skill(tmp_path / "data" / "skills" / "alpha", toy_skill_rows(4))
+    (tmp_path / "data" / "skills" / "not_a_skill").mkdir()  # no demonstrations: ignored
+    with dg.instance_for_test() as instance:
+        def tick(cursor):
+            return skill_data_sensor(dg.build_sensor_context(instance=instance, cursor=cursor,
+                                                             resources={"skill_data": skill_data}))
+
+        first = tick(None)
+        assert first.dynamic_partitions_requests[0].partition_keys == ["alpha"]
+        instance.add_dynamic_partitions("skill", ["alpha"])  # what the daemon does with the request
+        (request,) = first.run_requests
+        alpha_version = dvc_dir_md5(tmp_path / "data" / "skills" / "alpha")
+        assert request.partition_key == "alpha" and request.run_key == f"alpha:{alpha_version}"
+        assert request.tags[DATA_VERSION_TAG] == alpha_version
+
+        second = tick(first.cursor)
+        assert not second.run_requests and not second.dynamic_partitions_requests
+
+        write_skill(tmp_path / "data" / "skills" / "beta", toy_skill_rows(4))
+        third = tick(second.cursor)
+        assert third.dynamic_partitions_requests[0].partition_keys == ["beta"]
+        assert [r.partition_key for r in third.run_requests] == ["beta"]
+        instance.add_dynamic_partitions("skill", ["beta"])
+
+        write_skill(tmp_path / "data" / "skills" / "alpha", toy_skill_rows(5))  # new demonstrations
+        fourth = tick(third.cursor)
+        assert not fourth.dynamic_partitions_requests
+        assert [r.partition_key for r in fourth.run_requests] == ["alpha"]
+        assert fourth.run_requests[0].run_key != request.run_key
+
+
+def test_schedule_retrains_only_skills_changed_since_their_registered_version(chain):
+    write_skill(chain.data / "skills" / "fresh", toy_skill_rows(4, offset=60))
+    chain.instance.add_dynamic_partitions("skill", ["fresh"])
+
+    def scheduled() -> list[str]:
+        context = dg.build_schedule_context(instance=chain.instance, resources={
+            "skill_data": chain.skill_data, "registry": chain.registry})
+        return sorted(r.partition_key for r in nightly_retrain(context))
+
+    assert scheduled() == ["fresh"]  # toy and second are registered at their current data version
+    write_skill(chain.data / "skills" / "toy", toy_skill_rows(25))
+    assert scheduled() == ["fresh", "toy"]
+
+
+def test_bad_rows_are_quarantined_and_the_blocking_check_stops_the_chain(tmp_path):
+    env = Env(tmp_path)
+    good = toy_skill_rows(6)
+    bad_lines = ['{"id": "b1", "prompt": "What?"}', "{not json", '{"id": "b2", "prompt": "", "demonstration": "x"}',
+                 json.dumps(good[0])]  # the last one repeats an id
+    folder = write_skill(env.data / "skills" / "broken", good, bad_lines)
+    with dg.instance_for_test() as instance:
+        result = env.materialize(instance, "broken", selection=CHAIN[:3], raise_on_error=False)
+    (check,) = result.get_asset_check_evaluations()
+    assert check.check_name == "rejected_share_within_limit" and not check.passed
+    assert "4 of 10 rows rejected (40.0%, limit 20%)" in check.description
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert "teacher_contexts" not in materialized  # the blocking check held the chain back
+    curated = metadata(result, "curated_demonstrations")
+    assert curated["rows_read"] == curated["rows_accepted"] + curated["rows_eval"] + curated["rows_rejected"] == 10
+    quarantine = pd.read_parquet(curated["quarantine"])
+    assert list(quarantine["location"]) == ["line 7", "line 8", "line 9", "line 10"]
+    assert all(quarantine["source"] == str(folder / "demonstrations.jsonl"))
+    assert list(quarantine["field"].fillna("")) == ["demonstration", "", "prompt", "id"]
+    assert quarantine["reason"].str.len().min() > 0
