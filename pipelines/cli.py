@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: no skill {args.skill!r} under {skill_data.root}/skills (found: "
               f"{', '.join(skill_data.skills()) or 'none'}); run `make data` first", file=sys.stderr)
         return 2
-    run_config = yaml.safe_load(args.config.read_text()) if args.config else {}
+    run_config = (yaml.safe_load(args.config.read_text()) if args.config else None) or {}
+    run_config.setdefault("loggers", {"console": {"config": {"log_level": args.log_level}}})
     instance = dg.DagsterInstance.get()
     if not instance.has_dynamic_partition(skills.name, args.skill):
         instance.add_dynamic_partitions(skills.name, [args.skill])
@@ -106,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     run_parser = commands.add_parser("run", help="materialize a skill's chain, data to registered model")
     run_parser.add_argument("--skill", default="science", help="a folder under data/skills (default science)")
     run_parser.add_argument("--config", type=Path, help="Dagster run config (YAML), e.g. pipelines/configs/cpu.yaml")
+    run_parser.add_argument("--log-level", default="INFO", help="Dagster's console log level (DEBUG shows every "
+                                                                "step event)")
     promote = commands.add_parser("promote", help="make a registered version the champion")
     promote.add_argument("version", type=int)
     promote.add_argument("--reason", default="manual promotion")

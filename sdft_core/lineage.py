@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -44,12 +45,13 @@ def tracked_md5(dvc_file: str | Path) -> str | None:
 
 
 def git_commit(repo: str | Path = ".") -> str | None:
-    """HEAD's commit, with '-dirty' when tracked files differ from it; None outside a git checkout."""
+    """HEAD's commit, with '-dirty' when tracked files differ from it; outside a git checkout (a container image)
+    $SDFT_GIT_COMMIT, else None."""
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout
     try:
         commit = git("rev-parse", "HEAD").strip()
         dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
     except (OSError, subprocess.CalledProcessError):
-        return None
+        return os.environ.get("SDFT_GIT_COMMIT")
     return commit + ("-dirty" if dirty else "")

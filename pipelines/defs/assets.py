@@ -28,7 +28,10 @@ from sdft_core.skills import read_spec
 PROJECT = Path(__file__).resolve().parents[2]
 TRAIN_ENTRY = PROJECT / "pipelines" / "train_entry.py"
 CurationRunConfig = config_class(CurationConfig)
-PromptRunConfig = config_class(PromptConfig)
+PromptRunConfig = pydantic.create_model(
+    "PromptRunConfig", __base__=config_class(PromptConfig), __module__=__name__,
+    # training records the parent answers greedily with and without the demonstration (0: skip the check)
+    teacher_check_sample=(int, 16))
 GateRunConfig = config_class(GateConfig)
 TrainRunConfig = pydantic.create_model(
     "TrainRunConfig", __base__=config_class(TrainConfig, exclude=("model", "output_dir", "prompts")),
@@ -100,7 +103,10 @@ def curated_demonstrations(context: dg.AssetExecutionContext, config: CurationRu
 
 @dg.asset(partitions_def=skills, group_name=SKILL_CHAIN, kinds={"transformers"},
           check_specs=[dg.AssetCheckSpec("teacher_prompts_keep_question", asset="teacher_contexts", blocking=True,
-                                         description="every teacher prompt still contains its question verbatim")])
+                                         description="every teacher prompt still contains its question verbatim"),
+                       dg.AssetCheckSpec("teacher_beats_student", asset="teacher_contexts",
+                                         description="the parent answers better with the demonstration in its "
+                                                     "prompt (SDFT's in-context assumption); a warning only")])
 def teacher_contexts(context: dg.AssetExecutionContext, config: PromptRunConfig, curated_demonstrations: dict,
                      skill_data: SkillData, registry: MlflowRegistry):
     """Student and teacher prompts, as the parent model's tokenizer sees them; the parent is fixed here."""
@@ -113,7 +119,9 @@ def teacher_contexts(context: dg.AssetExecutionContext, config: PromptRunConfig,
     parent = registry.parent()
     skill_prompts = {k.removeprefix("prompts."): v for k, v in value["spec"]["training"].items()
                      if k.startswith("prompts.")}
-    prompts = PromptConfig(**(config.model_dump() | skill_prompts))
+    settings = config.model_dump()
+    sample = settings.pop("teacher_check_sample")
+    prompts = PromptConfig(**(settings | skill_prompts))
     records = read_demonstrations(value["train_path"]).accepted
     rows, refused = teacher_context_rows(records, load_tokenizer(parent["model"]), prompts)
     out = skill_data.work(value["skill"], value["skill_md5"][:12], "contexts", _key(parent["label"], prompts))
@@ -133,6 +141,32 @@ def teacher_contexts(context: dg.AssetExecutionContext, config: PromptRunConfig,
                               description=f"{len(lost)} teacher prompts lost their question" if lost else
                               f"all {len(rows)} teacher prompts contain their question",
                               metadata={"lost": dg.MetadataValue.json(lost[:50])})
+    yield _teacher_check(parent["model"], value, prompts, sample)
+
+
+def _teacher_check(model_spec: str, value: dict, prompts: PromptConfig, sample: int) -> dg.AssetCheckResult:
+    if sample <= 0:
+        return dg.AssetCheckResult(check_name="teacher_beats_student", passed=True,
+                                   description="skipped (teacher_check_sample: 0)")
+    import torch
+
+    from sdft_core.evaluation.teacher_check import teacher_check
+    from sdft_core.models import load_model, load_tokenizer
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = load_model(model_spec).to(device).eval()
+    spec = value["spec"]
+    result = teacher_check(model, load_tokenizer(model_spec), read_jsonl(value["train_path"]), spec["scorer"],
+                           prompts, spec["max_new_tokens"], sample)
+    return dg.AssetCheckResult(
+        check_name="teacher_beats_student", passed=result["teacher_clearly_better"],
+        severity=dg.AssetCheckSeverity.WARN,
+        description=f"with the demonstration {100 * result['teacher_score']:.0f}%, without "
+                    f"{100 * result['student_score']:.0f}% on {result['n']} training records"
+                    + ("" if result["teacher_clearly_better"] else
+                       "; SDFT needs a clearly better teacher (try prompts.teacher_mode: prior_turn, or SFT)"),
+        metadata={"teacher_score": result["teacher_score"], "student_score": result["student_score"],
+                  "gain": result["gain"], "min_gain": result["min_gain"], "teacher_mode": prompts.teacher_mode})
 
 
 @dg.asset(partitions_def=skills, group_name=SKILL_CHAIN, kinds={"pytorch", "accelerate", "mlflow"})

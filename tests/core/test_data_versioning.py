@@ -49,3 +49,14 @@ def test_lineage_hash_equals_dvc_add(tmp_path):
     subprocess.run([str(BIN / "dvc"), "add", "-q", "data"], cwd=repo, check=True)
     assert tracked_md5(repo / "data.dvc") == dvc_dir_md5(repo / "data")
     assert tracked_md5(repo / "missing.dvc") is None
+
+
+def test_git_commit_names_the_checkout_or_the_image(tmp_path, monkeypatch):
+    from sdft_core.lineage import git_commit
+
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    assert git_commit(ROOT).removesuffix("-dirty") == head.strip()
+    monkeypatch.delenv("SDFT_GIT_COMMIT", raising=False)
+    assert git_commit(tmp_path) is None
+    monkeypatch.setenv("SDFT_GIT_COMMIT", "abc123")
+    assert git_commit(tmp_path) == "abc123"

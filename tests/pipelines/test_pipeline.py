@@ -4,6 +4,7 @@ registry (SQLite), real Accelerate subprocesses through Dagster Pipes."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -105,6 +106,10 @@ def test_definitions_load_and_dg_check_passes():
 
 def test_chain_registers_a_champion_with_lineage(chain):
     assert chain.first.success
+    checks = {c.check_name: c for c in chain.first.get_asset_check_evaluations()}
+    assert checks["rejected_share_within_limit"].passed and checks["teacher_prompts_keep_question"].passed
+    teacher = checks["teacher_beats_student"]
+    assert teacher.severity == dg.AssetCheckSeverity.WARN and "training records" in teacher.description
     folder = chain.data / "skills" / "toy"
     (version,) = chain.versions()
     tags = version.tags
@@ -140,6 +145,22 @@ def test_rematerializing_reuses_the_run_and_registers_once(chain):
     assert "trained_steps" not in metadata(again, "sdft_model")  # no second training process
     assert metadata(again, "registered_model")["outcome"].startswith("already champion")
     assert chain.champion() == 1
+
+
+def test_a_crashed_training_resumes_from_its_last_checkpoint(chain):
+    run_dir = Path(metadata(chain.first, "sdft_model")["run_dir"])
+    trained = (run_dir / "model" / "model.safetensors").read_bytes()
+    # the state a crash after step 1's checkpoint leaves behind
+    from sdft_core.trainer import list_checkpoints
+
+    shutil.rmtree(run_dir / "model")
+    first, last = list_checkpoints(run_dir)
+    shutil.rmtree(last)
+    again = chain.materialize(chain.instance, "toy", selection=[assets.sdft_model])
+    reported = metadata(again, "sdft_model")
+    assert reported["resumed_from_step"] == 1 and reported["trained_steps"] == 2
+    assert reported["mlflow_run_id"] == chain.versions()[0].run_id
+    assert (run_dir / "model" / "model.safetensors").read_bytes() == trained  # exact resume
 
 
 def test_failed_gate_keeps_the_champion_and_next_skill_trains_from_it(chain):
