@@ -60,3 +60,38 @@ def test_git_commit_names_the_checkout_or_the_image(tmp_path, monkeypatch):
     assert git_commit(tmp_path) is None
     monkeypatch.setenv("SDFT_GIT_COMMIT", "abc123")
     assert git_commit(tmp_path) == "abc123"
+
+
+def test_dvc_repro_curates_a_skill_like_the_pipeline(tmp_path):
+    """dvc.yaml's curate stage, in a fresh repository, calls `sdft curate` and gets what curate_skill gets."""
+    import json
+    import os
+    import shutil
+
+    import yaml
+
+    from sdft_core.curation import curate_skill
+
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(
+        yaml.safe_load((ROOT / "params.yaml").read_text()) | {"skills": ["toy"]}))
+    for source in ("sdft_core/curation.py", "sdft_core/records.py"):
+        (tmp_path / source).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / source, tmp_path / source)
+    folder = tmp_path / "data" / "skills" / "toy"
+    folder.mkdir(parents=True)
+    rows = [{"id": i, "prompt": f"Question number {i} about topic {i % 5}?", "demonstration": f"Answer {i}."}
+            for i in range(30)] + [{"id": 99, "prompt": "", "demonstration": "x"}]
+    (folder / "demonstrations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    env = os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    for command in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"],
+                    [str(BIN / "dvc"), "repro", "curate@toy"]):
+        done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+    expected = curate_skill(folder)
+    curated = tmp_path / "build" / "toy" / "curated"
+    train = [json.loads(line) for line in (curated / "train.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in train] == [r.id for r in expected.train] and len(train) + len(expected.eval) == 30
+    import pandas as pd
+
+    assert list(pd.read_parquet(curated / "rejected.parquet")["location"]) == ["line 31"]
