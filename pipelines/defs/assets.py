@@ -275,9 +275,9 @@ def benchmark_evaluation(context: dg.AssetExecutionContext, config: EvaluationRu
     client = registry.client()
     client.log_batch(value["run_id"], metrics=_metrics(candidate, "eval") + _metrics(parent, "parent_eval"))
     client.log_artifacts(value["run_id"], str(out_dir), "evaluation")
-    table = [{"benchmark": r["task"], "parent": 100 * r["base"], "candidate": 100 * r["candidate"],
-              "delta": 100 * r["delta"], "delta 95% CI": f"[{100 * r['delta_ci'][0]:+.1f}, "
-                                                        f"{100 * r['delta_ci'][1]:+.1f}]"} for r in rows]
+    table = [{"benchmark": r["task"], "parent": f"{100 * r['base']:.1f}", "candidate": f"{100 * r['candidate']:.1f}",
+              "delta": f"{100 * r['delta']:+.1f}",
+              "delta 95% CI": f"[{100 * r['delta_ci'][0]:+.1f}, {100 * r['delta_ci'][1]:+.1f}]"} for r in rows]
     return dg.Output({**value, "evaluation": summary, "comparison": rows, "comparison_path":
                       str(out_dir / "comparison.json")}, metadata={
         **lineage(value), "mlflow_run_id": value["run_id"], "parent": value["parent"]["label"],
