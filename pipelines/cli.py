@@ -53,6 +53,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     run_config = (yaml.safe_load(args.config.read_text()) if args.config else None) or {}
     run_config.setdefault("loggers", {"console": {"config": {"log_level": args.log_level}}})
+    registry = definitions.resources["registry"]
+    trained = registry.champion_has(args.skill, skill_data.version(args.skill))
+    if trained is not None and not args.force:
+        print(f"{args.skill} at its current data version ({skill_data.version(args.skill)}) is already in the "
+              f"champion: {registry.model_name}/{trained} was trained on it. Nothing to do; --force retrains it "
+              "from the champion.")
+        _print_versions(registry)
+        _print_uis(home, registry)
+        return 0
     instance = dg.DagsterInstance.get()
     if not instance.has_dynamic_partition(skills.name, args.skill):
         instance.add_dynamic_partitions(skills.name, [args.skill])
@@ -73,12 +82,33 @@ def run(args: argparse.Namespace) -> int:
         registered = metadata["registered_model"]
         print(f"\nRegistered {registered['model_uri'].value} (MLflow run {registered['mlflow_run_id'].value})")
         print(registered["outcome"].value)
-    registry, bin_dir = definitions.resources["registry"], Path(sys.executable).parent
+    print("\nChecks:")
+    for check in result.get_asset_check_evaluations():
+        verdict = "passed" if check.passed else ("WARNING" if check.severity == dg.AssetCheckSeverity.WARN
+                                                 else "FAILED")
+        print(f"  {check.asset_key.to_user_string()}.{check.check_name}: {verdict}: {check.description or ''}")
+    _print_uis(home, registry)
+    return 0 if result.success else 1
+
+
+def _print_uis(home: Path, registry) -> None:
+    bin_dir = Path(sys.executable).parent
     print(f"""
 Dagster UI:  DAGSTER_HOME={home} {bin_dir}/dagster dev -m pipelines.definitions -h 127.0.0.1 -p 3000
 MLflow UI:   {bin_dir}/mlflow ui --backend-store-uri {registry.tracking_uri} --host 127.0.0.1 --port 5000
 """)
-    return 0 if result.success else 1
+
+
+def _print_versions(registry) -> None:
+    client = registry.client()
+    versions = client.search_model_versions(f"name = '{registry.model_name}'")
+    print(f"{'version':>7}  {'aliases':<20} {'skill':<12} {'gate':<6} {'new skill':>9} {'prior':>6}  parent")
+    for v in sorted(versions, key=lambda v: int(v.version)):
+        aliases = ",".join(sorted(client.get_model_version(registry.model_name, v.version).aliases))
+        tags = v.tags
+        scores = [f"{100 * float(tags[k]):.1f}" if k in tags else "" for k in ("eval.new_skill", "eval.prior_average")]
+        print(f"{v.version:>7}  {aliases:<20} {tags.get('skill', ''):<12} {tags.get('gate.passed', ''):<6} "
+              f"{scores[0]:>9} {scores[1]:>6}  {tags.get('parent', '')}")
 
 
 def registry_command(args: argparse.Namespace) -> int:
@@ -90,13 +120,7 @@ def registry_command(args: argparse.Namespace) -> int:
     elif args.command == "rollback":
         print(registry.rollback(args.reason))
     else:
-        client = registry.client()
-        versions = client.search_model_versions(f"name = '{registry.model_name}'")
-        print(f"{'version':>7}  {'aliases':<20} {'skill':<12} {'gate':<6} {'parent':<28} run")
-        for v in sorted(versions, key=lambda v: int(v.version)):
-            aliases = ",".join(client.get_model_version(registry.model_name, v.version).aliases)
-            print(f"{v.version:>7}  {aliases:<20} {v.tags.get('skill', ''):<12} {v.tags.get('gate.passed', ''):<6} "
-                  f"{v.tags.get('parent', ''):<28} {v.run_id}")
+        _print_versions(registry)
     return 0
 
 
@@ -107,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     run_parser = commands.add_parser("run", help="materialize a skill's chain, data to registered model")
     run_parser.add_argument("--skill", default="science", help="a folder under data/skills (default science)")
     run_parser.add_argument("--config", type=Path, help="Dagster run config (YAML), e.g. pipelines/configs/cpu.yaml")
+    run_parser.add_argument("--force", action="store_true", help="train even when the champion already holds "
+                                                                  "this skill at this data version")
     run_parser.add_argument("--log-level", default="INFO", help="Dagster's console log level (DEBUG shows every "
                                                                 "step event)")
     promote = commands.add_parser("promote", help="make a registered version the champion")

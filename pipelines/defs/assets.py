@@ -125,10 +125,10 @@ def teacher_contexts(context: dg.AssetExecutionContext, config: PromptRunConfig,
     records = read_demonstrations(value["train_path"]).accepted
     rows, refused = teacher_context_rows(records, load_tokenizer(parent["model"]), prompts)
     out = skill_data.work(value["skill"], value["skill_md5"][:12], "contexts", _key(parent["label"], prompts))
-    pd.DataFrame(rows).to_parquet(out / "contexts.parquet", index=False)
+    frame = pd.DataFrame(rows)
+    frame.to_parquet(out / "contexts.parquet", index=False)
     write_jsonl(out / "refused.jsonl", refused)
     lost = [r["id"] for r in rows if not r["question_kept"]]
-    frame = pd.DataFrame(rows)
     stats = {f"{who}_tokens_{stat}": float(getattr(frame[f"{who}_tokens"], stat)()) if rows else 0.0
              for who in ("student", "teacher") for stat in ("mean", "max")}
     yield dg.Output({**value, "parent": parent, "prompts": dataclasses.asdict(prompts), "contexts_path":

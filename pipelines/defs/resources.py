@@ -206,6 +206,18 @@ class MlflowRegistry(dg.ConfigurableResource):
         self.set_alias("champion", int(previous))
         return {"champion": int(previous), "previous": int(champion.version), "changed": True}
 
+    def champion_has(self, skill: str, skill_md5: str) -> int | None:
+        """The version in the champion's ancestry (itself, its parent, ...) trained on this skill at this data
+        version, if any: the skill is already in the champion."""
+        version = self.version_by_alias("champion")
+        client = self.client()
+        while version is not None:
+            if version.tags.get("skill") == skill and version.tags.get("dvc_skill_md5") == skill_md5:
+                return int(version.version)
+            parent = version.tags.get("parent_version")
+            version = client.get_model_version(self.model_name, parent) if parent else None
+        return None
+
     def latest_version_tags(self, skill: str) -> dict[str, str] | None:
         """Tags of the newest version trained on `skill` (None when the skill was never registered)."""
         from mlflow.exceptions import MlflowException

@@ -4,6 +4,7 @@ registry (SQLite), real Accelerate subprocesses through Dagster Pipes."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -189,6 +190,31 @@ def test_change_champion_job_promotes_and_rolls_back(chain):
     assert change(rollback=True).success and chain.champion() == 1
     assert not change(version=2, rollback=True).success and chain.champion() == 1
     assert not change(version=99).success and chain.champion() == 1
+
+
+def test_champion_ancestry_knows_which_skills_it_holds(chain):
+    toy, second = (dvc_dir_md5(chain.data / "skills" / name) for name in ("toy", "second"))
+    assert chain.registry.champion_has("toy", toy) == 1
+    assert chain.registry.champion_has("toy", "another-version.dir") is None
+    assert chain.registry.champion_has("second", second) is None  # version 2 failed its gate
+    chain.registry.promote(2, "test")
+    assert chain.registry.champion_has("second", second) == 2 and chain.registry.champion_has("toy", toy) == 1
+    chain.registry.rollback()
+    assert chain.champion() == 1
+
+
+def test_main_command_does_not_retrain_a_skill_the_champion_holds(chain, monkeypatch, capsys, tmp_path):
+    from pipelines.cli import main
+
+    monkeypatch.setenv("SDFT_DATA_DIR", str(chain.data))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", chain.registry.tracking_uri)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    assert main(["run", "--skill", "toy"]) == 0
+    out = capsys.readouterr().out
+    assert "already in the champion: sdft/1 was trained on it" in out
+    assert re.search(r"^\s+1\s+\S*champion\S*\s+toy\s+true", out, re.M) and "127.0.0.1 -p 3000" in out, out
+    assert (tmp_path / "dagster" / "dagster.yaml").read_text().count("DefaultRunCoordinator") == 1
+    assert main(["run", "--skill", "nope"]) == 2
 
 
 def test_sensor_adds_new_skills_and_requests_each_data_version_once(tmp_path):
