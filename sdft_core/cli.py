@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from .config import TrainConfig
-from .models import DEFAULT_MODEL
+from .models import DEFAULT_MODEL, load_inference_model
 
 TRAIN_EPILOG = """\
 examples:
@@ -157,13 +157,21 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         _assign(data, "lora.r", args.lora_r)
     if args.gradient_checkpointing:
         data["gradient_checkpointing"] = True
-    for item in args.set:
+    for key, value in _assignments(args.set).items():
+        _assign(data, key, value)
+    data.setdefault("output_dir", f"runs/{data.get('method', 'sdft')}")
+    return TrainConfig.from_dict(data)
+
+
+def _assignments(items: list[str]) -> dict:
+    """`--set FIELD=VALUE` flags as {field: YAML-parsed value}."""
+    parsed = {}
+    for item in items:
         key, sep, raw = item.partition("=")
         if not sep:
             raise SystemExit(f"--set expects FIELD=VALUE, got {item!r}")
-        _assign(data, key.strip(), yaml.safe_load(raw))
-    data.setdefault("output_dir", f"runs/{data.get('method', 'sdft')}")
-    return TrainConfig.from_dict(data)
+        parsed[key.strip()] = yaml.safe_load(raw)
+    return parsed
 
 
 def _assign(data: dict, dotted: str, value) -> None:
@@ -204,7 +212,7 @@ def run_generate(args: argparse.Namespace) -> int:
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
         {"role": "user", "content": prompt}]
-    tokenizer, model = load_tokenizer(args.model), _device_model(args.model)
+    tokenizer, model = load_tokenizer(args.model), load_inference_model(args.model)
     rollout = sample_completions(model, [encode_messages(tokenizer, messages)], [sample_key(args.seed)],
                                  pad_token_id=tokenizer.pad_token_id, eos_token_ids=eos_token_ids(model, tokenizer),
                                  max_new_tokens=args.max_new_tokens, temperature=args.temperature)
@@ -240,13 +248,7 @@ def run_data(args: argparse.Namespace) -> int:
 def run_curate(args: argparse.Namespace) -> int:
     from .curation import CurationConfig, curate_skill, save_curated
 
-    settings = {}
-    for item in args.set:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--set expects FIELD=VALUE, got {item!r}")
-        settings[key.strip()] = yaml.safe_load(raw)
-    result = curate_skill(args.skill, CurationConfig(**settings))
+    result = curate_skill(args.skill, CurationConfig(**_assignments(args.set)))
     save_curated(result, args.skill, args.out)
     print(json.dumps(result.counts()))
     for rejected in result.rejected[:10]:
@@ -260,7 +262,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from .models import load_tokenizer
     from .skills import read_skill
 
-    tokenizer, model = load_tokenizer(args.model), _device_model(args.model)
+    tokenizer, model = load_tokenizer(args.model), load_inference_model(args.model)
     tasks = PRIOR_SUITE if args.tasks is None else args.tasks
     results = evaluate_suite(model, tokenizer, {t: args.limit for t in tasks}, output_dir=args.out,
                              benchmarks_dir=args.benchmarks, batch_size=args.batch_size) if tasks else {}
@@ -292,7 +294,7 @@ def run_teacher_check(args: argparse.Namespace) -> int:
 
     skill = read_skill(args.skill)
     mode = args.teacher_mode or skill.training.get("prompts.teacher_mode", "inline")
-    result = teacher_check(_device_model(args.model), load_tokenizer(args.model), skill.splits["demonstrations"],
+    result = teacher_check(load_inference_model(args.model), load_tokenizer(args.model), skill.splits["demonstrations"],
                            skill.scorer, PromptConfig(teacher_mode=mode), skill.max_new_tokens, args.sample)
     print(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=2))
     if not result["teacher_clearly_better"]:
@@ -300,14 +302,6 @@ def run_teacher_check(args: argparse.Namespace) -> int:
               f"vs {100 * result['student_score']:.0f}% without; SDFT needs a clearly better teacher "
               "(try --teacher-mode prior_turn, or SFT)", file=sys.stderr)
     return 0
-
-
-def _device_model(spec: str):
-    import torch
-
-    from .models import load_model
-
-    return load_model(spec, torch.float32).to("cuda" if torch.cuda.is_available() else "cpu").eval()
 
 
 def main(argv: list[str] | None = None) -> int:

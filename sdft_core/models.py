@@ -139,6 +139,12 @@ def load_model(spec: str, dtype: torch.dtype = torch.float32, trust_remote_code:
                                                 trust_remote_code=trust_remote_code)
 
 
+def load_inference_model(spec: str, trust_remote_code: bool = False) -> nn.Module:
+    """A model for generation and scoring: float32, in eval mode, on the GPU when there is one."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return load_model(spec, torch.float32, trust_remote_code).to(device).eval()
+
+
 def eos_token_ids(model: nn.Module, tokenizer) -> list[int]:
     """Every token that ends an answer: the tokenizer's EOS and the generation config's."""
     ids = {tokenizer.eos_token_id}

@@ -148,16 +148,12 @@ def _teacher_check(model_spec: str, value: dict, prompts: PromptConfig, sample: 
     if sample <= 0:
         return dg.AssetCheckResult(check_name="teacher_beats_student", passed=True,
                                    description="skipped (teacher_check_sample: 0)")
-    import torch
-
     from sdft_core.evaluation.teacher_check import teacher_check
-    from sdft_core.models import load_model, load_tokenizer
+    from sdft_core.models import load_inference_model, load_tokenizer
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = load_model(model_spec).to(device).eval()
     spec = value["spec"]
-    result = teacher_check(model, load_tokenizer(model_spec), read_jsonl(value["train_path"]), spec["scorer"],
-                           prompts, spec["max_new_tokens"], sample)
+    result = teacher_check(load_inference_model(model_spec), load_tokenizer(model_spec),
+                           read_jsonl(value["train_path"]), spec["scorer"], prompts, spec["max_new_tokens"], sample)
     return dg.AssetCheckResult(
         check_name="teacher_beats_student", passed=result["teacher_clearly_better"],
         severity=dg.AssetCheckSeverity.WARN,

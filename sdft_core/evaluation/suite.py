@@ -159,12 +159,9 @@ def evaluate_model(model_spec: str, skills: Mapping[str, tuple[Sequence[dict], s
     """Load a model once and score it on skills ({name: (eval records, scorer, max_new_tokens)}) and prior tasks."""
     import gc
 
-    import torch
+    from ..models import load_inference_model, load_tokenizer
 
-    from ..models import load_model, load_tokenizer
-
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    tokenizer, model = load_tokenizer(model_spec), load_model(model_spec).to(device).eval()
+    tokenizer, model = load_tokenizer(model_spec), load_inference_model(model_spec)
     results = {name: evaluate_records(model, tokenizer, name, records, scorer, max_new_tokens, output_dir,
                                       batch_size)
                for name, (records, scorer, max_new_tokens) in skills.items()}
