@@ -229,6 +229,12 @@ def records_from_dicts(rows: Iterable[dict[str, Any]], source: str = "<memory>")
     return collect(((f"row {i}", row, row) for i, row in enumerate(rows, start=1)), source)
 
 
+def read_jsonl(path: str | Path) -> list[Any]:
+    """Every non-blank line of a JSONL file, parsed (no validation: for files this project wrote)."""
+    with Path(path).open(encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
 def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -35,7 +35,7 @@ import yaml
 from .evaluation import sources
 from .evaluation.scoring import LETTERS, format_call, normalize_text
 from .evaluation.tasks import PRIOR_SUITE, task_items
-from .records import write_jsonl
+from .records import read_jsonl, write_jsonl
 
 SPLITS = ("demonstrations", "validation", "eval")
 
@@ -224,8 +224,7 @@ def read_skill(folder: str | Path) -> Skill:
     skill = read_spec(folder)
     for split in SPLITS:
         path = Path(folder) / f"{split}.jsonl"
-        skill.splits[split] = ([json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
-                               if path.exists() else [])
+        skill.splits[split] = read_jsonl(path) if path.exists() else []
     return skill
 
 

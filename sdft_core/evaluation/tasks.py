@@ -12,13 +12,13 @@ A generative item: a demonstration record (id, prompt, ...) whose extra fields h
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..records import read_jsonl
 from . import sources
 
 
@@ -136,8 +136,7 @@ def task_items(name: str, benchmarks_dir: str | Path | None = None) -> list[dict
     if benchmarks_dir is not None:
         path = Path(benchmarks_dir) / f"{name}.jsonl"
         if path.exists():
-            with path.open(encoding="utf-8") as handle:
-                return [json.loads(line) for line in handle if line.strip()]
+            return read_jsonl(path)
     if name not in REGISTRY:
         raise KeyError(f"unknown task {name!r}; registered: {', '.join(REGISTRY)}")
     return REGISTRY[name].build()
