@@ -23,13 +23,18 @@ def file_md5(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def dvc_dir_md5(folder: str | Path) -> str:
-    """DVC 3's hash of a directory: md5 of its sorted (relpath, md5) manifest, with the `.dir` suffix."""
+def dvc_dir_manifest(folder: str | Path) -> list[dict[str, str]]:
+    """Every file under `folder` as {"md5", "relpath"}, sorted by path: what DVC's `.dir` object lists."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"not a directory: {folder}")
-    manifest = sorted(({"md5": file_md5(p), "relpath": p.relative_to(folder).as_posix()}
-                       for p in folder.rglob("*") if p.is_file()), key=lambda entry: entry["relpath"])
+    return sorted(({"md5": file_md5(p), "relpath": p.relative_to(folder).as_posix()}
+                   for p in folder.rglob("*") if p.is_file()), key=lambda entry: entry["relpath"])
+
+
+def dvc_dir_md5(folder: str | Path, manifest: list[dict[str, str]] | None = None) -> str:
+    """DVC 3's hash of a directory: md5 of its sorted (relpath, md5) manifest, with the `.dir` suffix."""
+    manifest = dvc_dir_manifest(folder) if manifest is None else manifest
     return hashlib.md5(json.dumps(manifest, sort_keys=True).encode()).hexdigest() + ".dir"
 
 

@@ -20,9 +20,9 @@ from pipelines.partitions import SKILL_CHAIN, skills
 from sdft_core.config import PromptConfig, TrainConfig, with_overrides
 from sdft_core.curation import CurationConfig, curate_skill, save_curated
 from sdft_core.evaluation.tasks import PRIOR_SUITE
-from sdft_core.lineage import file_md5, git_commit
+from sdft_core.lineage import dvc_dir_manifest, dvc_dir_md5, file_md5, git_commit
 from sdft_core.promotion import GateConfig, promotion_gate
-from sdft_core.records import read_demonstrations, write_jsonl
+from sdft_core.records import read_demonstrations, read_jsonl, write_jsonl
 from sdft_core.skills import read_spec
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -56,9 +56,10 @@ def demonstrations(context: dg.AssetExecutionContext, skill_data: SkillData) -> 
     """The skill folder as DVC tracks it; its data version is the folder's DVC hash."""
     skill = context.partition_key
     folder = skill_data.folder(skill)
-    value = {"skill": skill, "folder": str(folder), "skill_md5": skill_data.version(skill),
+    manifest = dvc_dir_manifest(folder)  # each file read once, for the folder's hash and the file table
+    value = {"skill": skill, "folder": str(folder), "skill_md5": dvc_dir_md5(folder, manifest),
              "dataset_md5": skill_data.dataset_version(), "git_commit": git_commit(PROJECT),
-             "files": {p.name: file_md5(p) for p in sorted(folder.iterdir()) if p.is_file()}}
+             "files": {entry["relpath"]: entry["md5"] for entry in manifest}}
     files = [{"file": name, "md5": md5, "bytes": (folder / name).stat().st_size}
              for name, md5 in value["files"].items()]
     return dg.Output(value, data_version=dg.DataVersion(value["skill_md5"]), metadata={
@@ -123,7 +124,8 @@ def teacher_contexts(context: dg.AssetExecutionContext, config: PromptRunConfig,
     sample = settings.pop("teacher_check_sample")
     prompts = PromptConfig(**(settings | skill_prompts))
     records = read_demonstrations(value["train_path"]).accepted
-    rows, refused = teacher_context_rows(records, load_tokenizer(parent["model"]), prompts)
+    tokenizer = load_tokenizer(parent["model"])
+    rows, refused = teacher_context_rows(records, tokenizer, prompts)
     out = skill_data.work(value["skill"], value["skill_md5"][:12], "contexts", _key(parent["label"], prompts))
     frame = pd.DataFrame(rows)
     frame.to_parquet(out / "contexts.parquet", index=False)
@@ -141,18 +143,19 @@ def teacher_contexts(context: dg.AssetExecutionContext, config: PromptRunConfig,
                               description=f"{len(lost)} teacher prompts lost their question" if lost else
                               f"all {len(rows)} teacher prompts contain their question",
                               metadata={"lost": dg.MetadataValue.json(lost[:50])})
-    yield _teacher_check(parent["model"], value, prompts, sample)
+    yield _teacher_check(parent["model"], tokenizer, value, prompts, sample)
 
 
-def _teacher_check(model_spec: str, value: dict, prompts: PromptConfig, sample: int) -> dg.AssetCheckResult:
+def _teacher_check(model_spec: str, tokenizer, value: dict, prompts: PromptConfig,
+                   sample: int) -> dg.AssetCheckResult:
     if sample <= 0:
         return dg.AssetCheckResult(check_name="teacher_beats_student", passed=True,
                                    description="skipped (teacher_check_sample: 0)")
     from sdft_core.evaluation.teacher_check import teacher_check
-    from sdft_core.models import load_inference_model, load_tokenizer
+    from sdft_core.models import load_inference_model
 
     spec = value["spec"]
-    result = teacher_check(load_inference_model(model_spec), load_tokenizer(model_spec),
+    result = teacher_check(load_inference_model(model_spec), tokenizer,
                            read_jsonl(value["train_path"]), spec["scorer"], prompts, spec["max_new_tokens"], sample)
     return dg.AssetCheckResult(
         check_name="teacher_beats_student", passed=result["teacher_clearly_better"],
@@ -327,10 +330,6 @@ def registered_model(context: dg.AssetExecutionContext, config: GateRunConfig, b
         "gate": dg.MetadataValue.md("\n".join(f"- {r}" for r in decision.reasons)), "outcome": outcome,
         "champion": int(champion.version) if champion else 0,
         "aliases": dg.MetadataValue.json(sorted(client.get_model_version(registry.model_name, str(number)).aliases))})
-
-
-def read_jsonl(path: str) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:

@@ -30,12 +30,11 @@ class SkillData(dg.ConfigurableResource):
         skills_dir = Path(self.root) / "skills"
         if not skills_dir.is_dir():
             return []
-        return sorted(p.name for p in skills_dir.iterdir()
-                      if p.is_dir() and any((p / name).exists() for name in DEMONSTRATION_FILES))
+        return sorted(p.name for p in skills_dir.iterdir() if _has_demonstrations(p))
 
     def folder(self, skill: str) -> Path:
         folder = Path(self.root) / "skills" / skill
-        if not any((folder / name).exists() for name in DEMONSTRATION_FILES):
+        if not _has_demonstrations(folder):
             raise FileNotFoundError(f"skill {skill!r}: no {' or '.join(DEMONSTRATION_FILES)} in {folder}")
         return folder
 
@@ -55,6 +54,10 @@ class SkillData(dg.ConfigurableResource):
         path = Path(self.work_dir).joinpath(*parts)
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+
+def _has_demonstrations(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in DEMONSTRATION_FILES)
 
 
 class Compute(dg.ConfigurableResource):
@@ -106,15 +109,15 @@ class MlflowRegistry(dg.ConfigurableResource):
     # ---------------------------------------------------------------------------------------- runs
     def run_for_key(self, run_key: str, tags: dict[str, str], run_name: str) -> str:
         """The MLflow run of this training key: reused when a crashed or repeated materialization comes back."""
-        client = self.client()
-        existing = client.search_runs([self.experiment_id()], f"tags.`sdft.run_key` = '{run_key}'",
+        client, experiment_id = self.client(), self.experiment_id()
+        existing = client.search_runs([experiment_id], f"tags.`sdft.run_key` = '{run_key}'",
                                       order_by=["attributes.start_time DESC"], max_results=1)
         if existing:
             run_id = existing[0].info.run_id
             if existing[0].info.status != "RUNNING":
                 client.update_run(run_id, status="RUNNING")
         else:
-            run_id = client.create_run(self.experiment_id(), run_name=run_name,
+            run_id = client.create_run(experiment_id, run_name=run_name,
                                        tags={"sdft.run_key": run_key}).info.run_id
         for key, value in tags.items():
             client.set_tag(run_id, key, value)
