@@ -1,9 +1,11 @@
-"""On-policy sampling from the student: batched, left-padded, KV-cached.
+"""On-policy sampling from the student: batched, left-padded, KV-cached (the model side is `decoding`).
 
-Sampling uses the Gumbel-max trick with noise from a counter-based hash of (row key, position, token) instead
-of a stateful generator. A row's sample then depends only on its key and the model, not on which batch or which
-process it lands in: one process and several processes draw the same completions, and a resumed run draws the
-same completions as an uninterrupted one.
+Each token is drawn by inverting the cumulative distribution at a uniform number that is a counter-based hash
+of (row key, position) instead of the output of a stateful generator. A row's sample then depends only on its
+key and the model, not on which batch or which process it lands in: one process and several processes draw the
+same completions, and a resumed run draws the same completions as an uninterrupted one. One number per row and
+step keeps the sampler cheap next to a decode step (per-token noise over the vocabulary cost more than the
+model's own small products on CPU).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from .decoding import make_decoder
 
 _MASK32 = 0xFFFFFFFF
 
@@ -49,14 +53,11 @@ def sample_key(*parts: int) -> int:
     return key
 
 
-def gumbel_noise(row_keys: torch.Tensor, step: int, vocab_size: int) -> torch.Tensor:
-    """Standard Gumbel noise [rows, vocab], a pure function of (row key, step, token id)."""
-    device = row_keys.device
-    step_keys = mix32(row_keys ^ (step & _MASK32))
-    token_keys = mix32(torch.arange(vocab_size, device=device, dtype=torch.int64) ^ 0x5BD1E995)
-    bits = mix32(step_keys[:, None] ^ token_keys[None, :])
-    uniform = ((bits >> 8).float() + 0.5) * (1.0 / (1 << 24))  # in (0, 1), never 0 or 1
-    return -torch.log(-torch.log(uniform))
+def uniform(row_keys: torch.Tensor, step: int) -> torch.Tensor:
+    """One float64 number in (0, 1) per row, with 48 random bits, a pure function of (row key, step)."""
+    high = mix32(row_keys ^ (step & _MASK32))
+    low = mix32(high ^ 0x5BD1E995)
+    return (((high >> 8) << 24) + (low >> 8)).double().add(0.5).mul(2.0 ** -48)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -78,8 +79,11 @@ def next_tokens(logits: torch.Tensor, row_keys: torch.Tensor, step: int, tempera
     logits = logits.float()
     if temperature == 0:
         return logits.argmax(-1)
-    logits = filter_logits(logits / temperature, top_k, top_p)
-    return (logits + gumbel_noise(row_keys, step, logits.shape[-1])).argmax(-1)
+    probs = torch.softmax(filter_logits(logits / temperature, top_k, top_p), dim=-1)
+    cumulative = probs.double().cumsum(-1)  # float64: float32 sums over ~10^5 tokens would blur the tail
+    target = uniform(row_keys, step) * cumulative[:, -1]
+    # right=True picks the first token whose cumulative mass exceeds the target: zero-probability tokens never
+    return torch.searchsorted(cumulative, target[:, None], right=True)[:, 0].clamp(max=logits.shape[-1] - 1)
 
 
 @dataclass
@@ -102,47 +106,37 @@ def pad(sequences: list[list[int]], pad_id: int, side: str, device=None) -> tupl
     return ids.to(device), mask.to(device)
 
 
-def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
-    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
-
-
 @torch.no_grad()
 def sample_completions(model: nn.Module, prompts: list[list[int]], row_keys: list[int], *, pad_token_id: int,
                        eos_token_ids: list[int], max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
-                       top_p: float = 1.0) -> Rollout:
-    """Sample one completion per prompt with the KV cache on.
+                       top_p: float = 1.0, cuda_graphs: bool = True) -> Rollout:
+    """Sample one completion per prompt with the KV cache on; stops once every row has emitted an EOS.
 
     The model runs in eval mode here, so gradient checkpointing (active only in training mode) cannot switch the
     cache off; its previous mode is restored afterwards.
     """
-    from transformers import DynamicCache
-
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = pad(prompts, pad_token_id, "left", device)
     keys = torch.tensor(row_keys, dtype=torch.int64, device=device)
-    eos = torch.tensor(eos_token_ids, device=device)
+    eos = torch.tensor(eos_token_ids, dtype=torch.long, device=device)
     rows = prompt_ids.shape[0]
+    # On CUDA, asking whether any row is still alive waits for the GPU: ask every few steps, not every step.
+    check_every = 8 if device.type == "cuda" else 1
 
     was_training = model.training
     model.eval()
     try:
-        cache = DynamicCache(config=model.config)
-        attention_mask = prompt_mask
-        positions = position_ids(prompt_mask)
-        logits = model(input_ids=prompt_ids, attention_mask=attention_mask, position_ids=positions,
-                       cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        decoder = make_decoder(model, rows, prompt_ids.shape[1] + max_new_tokens, cuda_graphs=cuda_graphs)
+        logits = decoder.prefill(prompt_ids, prompt_mask)
         tokens, alive = [], torch.ones(rows, dtype=torch.bool, device=device)
         for step in range(max_new_tokens):
             token = next_tokens(logits, keys, step, temperature, top_k, top_p)
             token = torch.where(alive, token, torch.full_like(token, pad_token_id))
             tokens.append(token)
             alive = alive & ~torch.isin(token, eos)
-            if step == max_new_tokens - 1 or not bool(alive.any()):
+            if step == max_new_tokens - 1 or ((step + 1) % check_every == 0 and not bool(alive.any())):
                 break
-            attention_mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
-            positions = positions[:, -1:] + 1
-            logits = model(input_ids=token[:, None], attention_mask=attention_mask, position_ids=positions,
-                           cache=cache, use_cache=True).logits[:, -1]
+            logits = decoder.step(token)
     finally:
         model.train(was_training)
 

@@ -30,6 +30,7 @@ import torch
 
 from . import distributed
 from .config import TrainConfig
+from .decoding import position_ids
 from .losses import (
     completion_loss_mask,
     cross_entropy_loss,
@@ -48,7 +49,7 @@ from .models import (
 )
 from .prompts import PromptTooLongError, encode_completion, encode_record
 from .records import Demonstration, RejectedRecord, write_jsonl
-from .rollout import pad, position_ids, sample_completions, sample_key
+from .rollout import pad, sample_completions, sample_key
 from .teacher import Teacher
 
 log = logging.getLogger(__name__)

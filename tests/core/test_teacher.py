@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from sdft_core.config import LoraSettings
+from sdft_core.decoding import position_ids
 from sdft_core.models import apply_lora
-from sdft_core.rollout import position_ids
 from sdft_core.teacher import Teacher
 from tests.tiny import make_model
 

@@ -1,0 +1,87 @@
+import pytest
+import torch
+
+from sdft_core.config import LoraSettings
+from sdft_core.decoding import GenericDecoder, LeanDecoder, lean_unsupported_reason, make_decoder
+from sdft_core.models import apply_lora
+from sdft_core.rollout import pad, sample_completions, sample_key
+from tests.tiny import make_model, make_tokenizer
+
+PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]]
+
+
+def qwen2_model(tokenizer):
+    """Qwen2: biases on q/k/v, a different rope base, GQA."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(1)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         rope_theta=1000.0, tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id)
+    model = Qwen2ForCausalLM(config)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0.0, 0.5)
+    return model
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return make_tokenizer()
+
+
+def run(decoder, prompt_ids, prompt_mask, tokens):
+    """Logits after the prompt and after each forced token."""
+    logits = [decoder.prefill(prompt_ids, prompt_mask)]
+    for token in tokens:
+        logits.append(decoder.step(token))
+    return torch.stack(logits, dim=1)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_lean_decoder_gives_the_models_own_logits(tokenizer, family):
+    model = (make_model(tokenizer, layers=3, init_std=0.2) if family == "llama" else qwen2_model(tokenizer)).eval()
+    assert lean_unsupported_reason(model) is None
+    prompt_ids, prompt_mask = pad(PROMPTS, tokenizer.pad_token_id, "left")
+    forced = [torch.tensor([3 + i, 40 + i, 7]) for i in range(6)]
+    max_length = prompt_ids.shape[1] + len(forced)
+    with torch.no_grad():
+        lean = run(LeanDecoder(model, 3, max_length), prompt_ids, prompt_mask, forced)
+        generic = run(GenericDecoder(model), prompt_ids, prompt_mask, forced)
+        # and the full forward of each whole sequence, one row at a time without padding (no cache at all)
+        for row, prompt in enumerate(PROMPTS):
+            sequence = torch.tensor([prompt + [int(t[row]) for t in forced]])
+            full = model(input_ids=sequence).logits[0, len(prompt) - 1:]
+            torch.testing.assert_close(lean[row], full, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(lean, generic, atol=2e-5, rtol=1e-4)
+
+
+def test_lean_decoder_refuses_to_write_past_its_cache(tokenizer):
+    model = make_model(tokenizer).eval()
+    prompt_ids, prompt_mask = pad(PROMPTS, tokenizer.pad_token_id, "left")
+    decoder = LeanDecoder(model, 3, prompt_ids.shape[1] + 1)
+    decoder.prefill(prompt_ids, prompt_mask)
+    decoder.step(torch.tensor([1, 2, 3]))
+    with pytest.raises(RuntimeError, match="static cache"):
+        decoder.step(torch.tensor([1, 2, 3]))
+
+
+def test_models_the_lean_decoder_cannot_read_fall_back_to_their_own_forward(tokenizer):
+    model = apply_lora(make_model(tokenizer), LoraSettings(r=4, alpha=8))
+    assert lean_unsupported_reason(model) is not None
+    assert "LoRA" in lean_unsupported_reason(model.get_base_model())
+    assert isinstance(make_decoder(model, 2, 16), GenericDecoder)
+    assert isinstance(make_decoder(make_model(tokenizer), 2, 16), LeanDecoder)
+
+
+def test_sampling_gives_the_same_completions_through_either_decoder(tokenizer, monkeypatch):
+    """Same keys, same model: the lean path and the generic path sample identical tokens."""
+    model = make_model(tokenizer, layers=2, init_std=0.2)
+    keys = [sample_key(3, i) for i in range(len(PROMPTS))]
+    kwargs = dict(pad_token_id=tokenizer.pad_token_id, eos_token_ids=[tokenizer.eos_token_id], max_new_tokens=16)
+    lean = sample_completions(model, PROMPTS, keys, **kwargs)
+    monkeypatch.setattr("sdft_core.rollout.make_decoder", lambda model, *a, **k: GenericDecoder(model))
+    generic = sample_completions(model, PROMPTS, keys, **kwargs)
+    assert torch.equal(lean.completion_ids, generic.completion_ids)
+    assert lean.completion_ids.shape[1] > 3
