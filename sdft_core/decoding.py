@@ -84,18 +84,11 @@ class GenericDecoder:
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     rows = x.numel() // x.shape[-1]
     if x.device.type == "cpu" and rows <= _SKINNY_ROWS:
-        # Row-major output again (.contiguous()): the next product is fast only for a row-major x.
-        out = torch.mm(weight, x.reshape(rows, x.shape[-1]).T).T.contiguous().view(*x.shape[:-1], weight.shape[0])
+        # The result is a transposed view; callers' elementwise ops make the next input row-major again.
+        out = torch.mm(weight, x.reshape(rows, x.shape[-1]).contiguous().T).T.view(*x.shape[:-1], weight.shape[0])
     else:
         out = F.linear(x, weight)
     return out if bias is None else out + bias
-
-
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """As Llama/Qwen2 normalise: in float32, then scaled in the compute dtype."""
-    x32 = x.float()
-    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * x32.to(x.dtype)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -145,7 +138,8 @@ class LeanDecoder:
         shape = (len(self.layers), rows, self.kv_heads, max_length, self.head_dim)
         self.keys = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.values = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        self.mask = torch.zeros((rows, max_length), dtype=torch.bool, device=self.device)
+        # Additive attention bias: 0 where a row may attend, -inf elsewhere (unwritten slots, left padding).
+        self.bias = torch.full((rows, 1, 1, max_length), float("-inf"), dtype=self.dtype, device=self.device)
         self.length = 0
         self.use_graph = cuda_graphs and self.device.type == "cuda"
         self.graph = None
@@ -173,7 +167,7 @@ class LeanDecoder:
         for index, layer in enumerate(cache.layers):
             self.keys[index, :, :, :width] = layer.keys
             self.values[index, :, :, :width] = layer.values
-        self.mask[:, :width] = prompt_mask.bool()
+        self.bias[:, 0, 0, :width].masked_fill_(prompt_mask.bool(), 0.0)
         self.length = width
         self.positions = prompt_mask.sum(-1)  # the next token's position in each row
         return logits
@@ -182,7 +176,7 @@ class LeanDecoder:
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.length >= self.max_length:
             raise RuntimeError(f"the static cache holds {self.max_length} positions; all are used")
-        self.mask[:, self.length] = True
+        self.bias[:, 0, 0, self.length] = 0.0
         if self.use_graph:
             logits = self._graph_step(tokens)
         else:
@@ -195,17 +189,18 @@ class LeanDecoder:
         """One decode step; `slot` (int, or a 1-element tensor under a graph) is the cache position written."""
         rows = tokens.shape[0]
         with torch.autocast(self.device.type, enabled=False):
-            h = F.embedding(tokens, self.embed).to(self.dtype)[:, None]  # [rows, 1, hidden]
-            cos, sin = self.rotary(h, positions[:, None])
-            cos, sin = cos[:, None], sin[:, None]  # [rows, 1, 1, head_dim]
-            mask = self.mask[:, None, None, :visible]
+            h = F.embedding(tokens, self.embed).to(self.dtype)  # [rows, hidden]
+            cos, sin = self.rotary(h, positions[:, None])  # [rows, 1, head_dim]: one position per row
+            bias = self.bias[..., :visible]
+            groups = self.heads // self.kv_heads
+            heads = self.heads + self.kv_heads  # queries and keys rotate together
+            norm = (h.shape[-1],)
             for index, w in enumerate(self.layers):
-                x = _rms_norm(h, w["norm1"], self.eps)
-                q, k, v = _linear(x, *w["qkv"]).split([self.q_width, self.kv_width, self.kv_width], dim=-1)
-                q = q.view(rows, 1, self.heads, self.head_dim).transpose(1, 2)
-                k = k.view(rows, 1, self.kv_heads, self.head_dim).transpose(1, 2)
-                v = v.view(rows, 1, self.kv_heads, self.head_dim).transpose(1, 2)
-                q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+                qkv = _linear(F.rms_norm(h, norm, w["norm1"], self.eps), *w["qkv"])
+                qk = _rotate(qkv[:, :self.q_width + self.kv_width].reshape(rows, heads, self.head_dim), cos, sin)
+                q = qk[:, :self.heads].view(rows, self.kv_heads, groups, self.head_dim)  # query heads by KV head
+                k = qk[:, self.heads:, None]  # [rows, kv_heads, 1, head_dim]
+                v = qkv[:, self.q_width + self.kv_width:].reshape(rows, self.kv_heads, 1, self.head_dim)
                 keys, values = self.keys[index], self.values[index]
                 if isinstance(slot, int):
                     keys[:, :, slot] = k[:, :, 0]
@@ -213,13 +208,14 @@ class LeanDecoder:
                 else:
                     keys.index_copy_(2, slot, k)
                     values.index_copy_(2, slot, v)
-                attended = F.scaled_dot_product_attention(q, keys[:, :, :visible], values[:, :, :visible],
-                                                          attn_mask=mask, scale=self.scale, enable_gqa=True)
-                h = h + _linear(attended.transpose(1, 2).reshape(rows, 1, -1), *w["o"])
-                gate, up = _linear(_rms_norm(h, w["norm2"], self.eps), *w["gate_up"]).split(self.intermediate, -1)
+                # One query position: four plain ops beat SDPA's masked grouped-query path on CPU
+                scores = torch.matmul(q, keys[:, :, :visible].transpose(-1, -2)).mul_(self.scale).add_(bias)
+                attended = torch.matmul(scores.softmax(-1), values[:, :, :visible])
+                h = h + _linear(attended.reshape(rows, -1), *w["o"])
+                gate, up = _linear(F.rms_norm(h, norm, w["norm2"], self.eps), *w["gate_up"]).split(
+                    self.intermediate, -1)
                 h = h + _linear(self.act(gate) * up, *w["down"])
-            h = _rms_norm(h, self.final_norm, self.eps)
-            return _linear(h[:, 0], *self.head)
+            return _linear(F.rms_norm(h, norm, self.final_norm, self.eps), *self.head)
 
     def _graph_step(self, tokens: torch.Tensor) -> torch.Tensor:
         """The step over the whole cache (masked), replayed from a CUDA graph captured on first use."""
