@@ -45,7 +45,8 @@ mlflow-ui: $(INSTALLED) ## MLflow UI (runs, registry) on http://127.0.0.1:5000
 lint:
 	$(VENV)/bin/ruff check sdft_core pipelines tests benchmarks experiments
 
-bench:  ## seconds per optimizer step, SDFT vs SFT, on the embedded model
+bench: $(INSTALLED) ## seconds per optimizer step: our SDFT vs TRL's SDFTTrainer vs our SFT (~10 min on 2 CPU cores)
+	UV_FIND_LINKS="$(WHEELS)" VIRTUAL_ENV=$(VENV) $(VENV)/bin/uv pip install -q -e '.[dev,bench]'
 	$(PY) benchmarks/step_throughput.py
 
 eval:  ## the prior-capability suite on the embedded model (~6 min on 2 CPU cores)

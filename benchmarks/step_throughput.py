@@ -20,6 +20,7 @@ model and impl. Not a test: absolute times drift; read the ratios of one run.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -423,6 +424,8 @@ def main() -> None:
     unknown = set(impls) - set(IMPLS)
     if unknown:
         sys.exit(f"unknown --impls {sorted(unknown)}; choose from {', '.join(IMPLS)}")
+    if "trl_sdft" in impls and importlib.util.find_spec("trl") is None:
+        sys.exit("trl_sdft needs TRL: pip install -e '.[bench]' (or run --impls ours_sdft,ours_sft)")
     hardware = measure_hardware()
     results: dict[str, list[dict]] = {impl: [] for impl in impls}
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "TRL_EXPERIMENTAL_SILENCE": "1"}

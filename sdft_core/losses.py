@@ -101,13 +101,17 @@ def auto_chunk_size(vocab_size: int) -> int:
 
 
 TokenLoss = Callable[[torch.Tensor, int, int], torch.Tensor]
+# (logits of rows start:end) -> (per-token values, d value / d logits per row): a loss that knows its gradient
+# skips autograd inside the chunk (fewer passes over vocabulary-sized tensors, none of them kept for backward).
+TokenLossWithGradient = Callable[[torch.Tensor, int, int], tuple[torch.Tensor, torch.Tensor]]
 
 
 class _ChunkedHeadLoss(torch.autograd.Function):
     """sum_i w_i * token_loss(hidden_i @ W^T + b) with gradients computed chunk by chunk in the forward pass."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, token_weights, token_loss: TokenLoss, chunk_size: int):
+    def forward(ctx, hidden, weight, bias, token_weights, token_loss: TokenLoss, chunk_size: int,
+                loss_with_gradient: TokenLossWithGradient | None):
         needs = (hidden.requires_grad, weight.requires_grad, bias is not None and bias.requires_grad)
         grad_hidden = torch.zeros_like(hidden) if needs[0] else None
         grad_weight = torch.zeros_like(_upcast(weight)) if needs[1] else None
@@ -119,6 +123,21 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         values = torch.empty(hidden.shape[0], dtype=dtype, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk_size):
             end = min(start + chunk_size, hidden.shape[0])
+            if loss_with_gradient is not None:
+                h = hidden[start:end].detach()
+                logits = F.linear(h, w.detach(), None if b is None else b.detach())
+                per_token, gradient = loss_with_gradient(logits, start, end)
+                chunk_loss = (per_token * token_weights[start:end]).sum()
+                gradient = (gradient * token_weights[start:end, None]).to(logits.dtype)
+                if needs[0]:
+                    grad_hidden[start:end] = gradient @ w.detach().to(gradient.dtype)
+                if needs[1]:
+                    grad_weight += gradient.T @ h.to(gradient.dtype)
+                if needs[2]:
+                    grad_bias += gradient.sum(0)
+                values[start:end] = per_token
+                total += chunk_loss
+                continue
             h = hidden[start:end].detach().requires_grad_(needs[0])
             with torch.enable_grad():
                 per_token = token_loss(F.linear(h, w, b), start, end)
@@ -146,15 +165,18 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         return (None if grad_hidden is None else grad_hidden * grad_total,
                 None if grad_weight is None else (grad_weight * grad_total).to(weight_dtype),
                 None if grad_bias is None else (grad_bias * grad_total).to(bias_dtype),
-                None, None, None)
+                None, None, None, None)
 
 
 def chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                      token_loss: TokenLoss, token_weights: torch.Tensor,
-                      chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weighted sum of per-token losses over rows of `hidden` [N, H]; returns (loss, per-token values [N])."""
+                      token_loss: TokenLoss, token_weights: torch.Tensor, chunk_size: int | None = None,
+                      loss_with_gradient: TokenLossWithGradient | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted sum of per-token losses over rows of `hidden` [N, H]; returns (loss, per-token values [N]).
+
+    With `loss_with_gradient` (same values as `token_loss`, plus their gradient) no autograd runs per chunk."""
     chunk_size = chunk_size or auto_chunk_size(weight.shape[0])
-    return _ChunkedHeadLoss.apply(hidden, weight, bias, _upcast(token_weights), token_loss, chunk_size)
+    return _ChunkedHeadLoss.apply(hidden, weight, bias, _upcast(token_weights), token_loss, chunk_size,
+                                  loss_with_gradient)
 
 
 def distillation_loss(student_hidden: torch.Tensor, student_head: tuple[torch.Tensor, torch.Tensor | None],
@@ -165,11 +187,25 @@ def distillation_loss(student_hidden: torch.Tensor, student_head: tuple[torch.Te
     teacher_hidden = teacher_hidden.detach()
     teacher_weight, teacher_bias = (None if t is None else t.detach() for t in teacher_head)
 
-    def token_loss(student_logits: torch.Tensor, start: int, end: int) -> torch.Tensor:
-        teacher_logits = F.linear(teacher_hidden[start:end], teacher_weight, teacher_bias)
-        return token_divergence(student_logits, teacher_logits, config, temperature)
+    def teacher_logits(start: int, end: int) -> torch.Tensor:
+        return F.linear(teacher_hidden[start:end], teacher_weight, teacher_bias)
 
-    return chunked_head_loss(student_hidden, *student_head, token_loss, token_weights, config.chunk_size)
+    def token_loss(student_logits: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        return token_divergence(student_logits, teacher_logits(start, end), config, temperature)
+
+    def forward_kl_with_gradient(student_logits: torch.Tensor, start: int,
+                                 end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """KL(teacher || student) per position and its gradient, softmax(student / T) - p_teacher, over T."""
+        teacher = log_probs(teacher_logits(start, end), temperature)
+        student = log_probs(student_logits, temperature)
+        teacher_probs = teacher.exp()
+        values = (teacher - student).mul_(teacher_probs).sum(-1)
+        gradient = student.exp_().sub_(teacher_probs)
+        return values, gradient.div_(temperature) if temperature != 1.0 else gradient
+
+    analytic = config.divergence == "forward_kl" and config.top_k is None
+    return chunked_head_loss(student_hidden, *student_head, token_loss, token_weights, config.chunk_size,
+                             forward_kl_with_gradient if analytic else None)
 
 
 def cross_entropy_loss(hidden: torch.Tensor, head: tuple[torch.Tensor, torch.Tensor | None],

@@ -173,8 +173,11 @@ class Trainer:
         else:
             self.model = self.accelerator.prepare(root)  # DDP when there are several processes
         self.trainable = [p for p in lm.parameters() if p.requires_grad]
+        # The fused kernel (one pass per tensor, CPU or CUDA) is 2x faster than foreach on CPU; sharded (DTensor)
+        # parameters keep foreach.
+        kernel = {"foreach": True} if self.fsdp else {"fused": True}
         optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate, betas=config.adam_betas,
-                                      eps=config.adam_eps, weight_decay=config.weight_decay, foreach=True)
+                                      eps=config.adam_eps, weight_decay=config.weight_decay, **kernel)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, cosine_with_warmup(self.total_steps, config.warmup_steps, config.min_lr_ratio))
         self.optimizer = optimizer if self.fsdp else self.accelerator.prepare(optimizer)
