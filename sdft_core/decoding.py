@@ -16,9 +16,13 @@ both give the same logits up to floating-point summation order.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 LEAN_MODEL_TYPES = ("llama", "qwen2")
 _SKINNY_ROWS = 32  # up to this many rows, CPU products run as weight @ x.T
@@ -177,7 +181,7 @@ class LeanDecoder:
         if self.length >= self.max_length:
             raise RuntimeError(f"the static cache holds {self.max_length} positions; all are used")
         self.bias[:, 0, 0, self.length] = 0.0
-        if self.use_graph:
+        if self.use_graph and (self.graph is not None or self._capture(tokens)):
             logits = self._graph_step(tokens)
         else:
             logits = self._step(tokens, self.positions, self.length, self.length + 1)
@@ -217,25 +221,33 @@ class LeanDecoder:
                 h = h + _linear(self.act(gate) * up, *w["down"])
             return _linear(F.rms_norm(h, norm, self.final_norm, self.eps), *self.head)
 
-    def _graph_step(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The step over the whole cache (masked), replayed from a CUDA graph captured on first use."""
-        if self.graph is None:
-            self.static_tokens = tokens.clone()
-            self.static_positions = self.positions.clone()
-            self.static_slot = torch.tensor([self.length], device=self.device)
+    def _capture(self, tokens: torch.Tensor) -> bool:
+        """Capture the step over the whole cache (masked) as a CUDA graph; False (and eager steps) if it fails."""
+        self.static_tokens = tokens.clone()
+        self.static_positions = self.positions.clone()
+        self.static_slot = torch.tensor([self.length], device=self.device)
 
-            def full_step():
-                return self._step(self.static_tokens, self.static_positions, self.static_slot, self.max_length)
+        def full_step():
+            return self._step(self.static_tokens, self.static_positions, self.static_slot, self.max_length)
 
+        try:
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
                 for _ in range(2):  # warm-up outside the graph (lazy inits, workspaces); writes only this slot
                     full_step()
             torch.cuda.current_stream().wait_stream(stream)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
                 self.static_logits = full_step()
+        except RuntimeError as err:
+            log.warning("CUDA graph capture failed, decoding without it: %s", err)
+            self.use_graph = False
+            return False
+        self.graph = graph
+        return True
+
+    def _graph_step(self, tokens: torch.Tensor) -> torch.Tensor:
         self.static_tokens.copy_(tokens)
         self.static_positions.copy_(self.positions)
         self.static_slot.fill_(self.length)
