@@ -16,6 +16,7 @@ both give the same logits up to floating-point summation order.
 
 from __future__ import annotations
 
+import inspect
 import logging
 
 import torch
@@ -59,6 +60,12 @@ def make_decoder(model: nn.Module, rows: int, max_length: int, *, cuda_graphs: b
     return GenericDecoder(model)
 
 
+def cache_argument(model: nn.Module, cache) -> dict:
+    """The KV cache as the model's forward names it: `cache` (transformers >= 5.24), else `past_key_values`."""
+    parameters = inspect.signature(type(model).forward).parameters
+    return {"cache" if "cache" in parameters else "past_key_values": cache}
+
+
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
@@ -76,13 +83,14 @@ class GenericDecoder:
         self.attention_mask = prompt_mask
         self.positions = position_ids(prompt_mask)
         return self.model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=self.positions,
-                          cache=self.cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+                          **cache_argument(self.model, self.cache), use_cache=True, logits_to_keep=1).logits[:, -1]
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         self.attention_mask = torch.cat([self.attention_mask, torch.ones_like(self.attention_mask[:, :1])], dim=1)
         self.positions = self.positions[:, -1:] + 1
         return self.model(input_ids=tokens[:, None], attention_mask=self.attention_mask,
-                          position_ids=self.positions, cache=self.cache, use_cache=True).logits[:, -1]
+                          position_ids=self.positions, **cache_argument(self.model, self.cache),
+                          use_cache=True).logits[:, -1]
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -166,7 +174,7 @@ class LeanDecoder:
 
         cache = DynamicCache(config=self.model.config)
         logits = self.model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids(prompt_mask),
-                            cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+                            **cache_argument(self.model, cache), use_cache=True, logits_to_keep=1).logits[:, -1]
         width = prompt_ids.shape[1]
         for index, layer in enumerate(cache.layers):
             self.keys[index, :, :, :width] = layer.keys

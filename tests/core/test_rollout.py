@@ -1,6 +1,7 @@
 import torch
 from torch import nn
 
+from sdft_core.decoding import GenericDecoder
 from sdft_core.models import enable_activation_checkpointing
 from sdft_core.rollout import (
     completion_mask_from_eos,
@@ -69,13 +70,18 @@ def test_a_rows_sample_does_not_depend_on_its_batch(tiny_model, tokenizer):
         assert batched.completion_ids[row, :n].tolist() == alone.completion_ids[0, :n].tolist()
 
 
-def test_generation_uses_the_kv_cache_even_with_gradient_checkpointing(tiny_model, tokenizer):
+def test_generation_uses_the_kv_cache_even_with_gradient_checkpointing(tiny_model, tokenizer, monkeypatch):
+    """Through the model's own forward (the generic decoder; the lean one has its static cache by construction)."""
+    monkeypatch.setattr("sdft_core.rollout.make_decoder", lambda model, *a, **k: GenericDecoder(model))
     enable_activation_checkpointing(tiny_model)
     tiny_model.train()
     calls = []
-    handle = tiny_model.register_forward_pre_hook(
-        lambda module, args, kwargs: calls.append((kwargs["input_ids"].shape[1], kwargs["cache"].get_seq_length())),
-        with_kwargs=True)
+
+    def record(module, args, kwargs):
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        calls.append((kwargs["input_ids"].shape[1], cache.get_seq_length()))
+
+    handle = tiny_model.register_forward_pre_hook(record, with_kwargs=True)
     try:
         rollout = sample(tiny_model, tokenizer, max_new_tokens=8)
     finally:
@@ -83,6 +89,7 @@ def test_generation_uses_the_kv_cache_even_with_gradient_checkpointing(tiny_mode
     assert tiny_model.training  # the caller's mode is restored
     prompt_width = rollout.prompt_ids.shape[1]
     assert calls[0] == (prompt_width, 0)  # one prefill over the prompt
+    assert len(calls) > 1
     assert calls[1:] == [(1, prompt_width + i) for i in range(len(calls) - 1)]  # then one token per step
 
 
