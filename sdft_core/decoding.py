@@ -16,6 +16,7 @@ both give the same logits up to floating-point summation order.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 
@@ -61,9 +62,20 @@ def make_decoder(model: nn.Module, rows: int, max_length: int, *, cuda_graphs: b
 
 
 def cache_argument(model: nn.Module, cache) -> dict:
-    """The KV cache as the model's forward names it: `cache` (transformers >= 5.24), else `past_key_values`."""
+    """The KV cache as the model's forward names it: `cache` (newer transformers), else `past_key_values`.
+
+    Wrappers that take **kwargs (PEFT, test doubles) follow the installed transformers' own models."""
     parameters = inspect.signature(type(model).forward).parameters
+    if "cache" not in parameters and "past_key_values" not in parameters:
+        return {_transformers_cache_name(): cache}
     return {"cache" if "cache" in parameters else "past_key_values": cache}
+
+
+@functools.cache
+def _transformers_cache_name() -> str:
+    from transformers import LlamaForCausalLM
+
+    return "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
