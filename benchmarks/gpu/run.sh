@@ -11,9 +11,9 @@ OUT=${OUT:-/tmp/sdft-bench-out}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
 bench() { python3 benchmarks/step_throughput.py --tokenizer .bench/tok --new-tokens 256 --report "$OUT/throughput.json" "$@"; }
-timeout 170 bench --model qwen2-0.5b-shape --batch 16 --steps 3 --warmup 1 --rounds 1 2>&1 | tee "$OUT/bench-0.5b.log"
-timeout 60 bench --model qwen2-1.5b-shape --batch 16 --steps 2 --warmup 1 --rounds 1 --impls ours_sdft,ours_sft \
+timeout 150 bench --model qwen2-0.5b-shape --batch 16 --steps 3 --warmup 1 --rounds 1 2>&1 | tee "$OUT/bench-0.5b.log"
+timeout 70 bench --model qwen2-1.5b-shape --batch 16 --steps 2 --warmup 1 --rounds 1 --impls ours_sdft,ours_sft \
   2>&1 | tee "$OUT/bench-1.5b.log"
 if [ -f .bench/trl_anchor.py ]; then
-  timeout 80 python3 .bench/trl_anchor.py --tok .bench/tok --bs 16 --new 256 --steps 4 2>&1 | grep '^{' | tee "$OUT/anchor.log"
+  timeout 70 python3 .bench/trl_anchor.py --tok .bench/tok --bs 16 --new 256 --steps 4 2>&1 | grep '^{' | tee "$OUT/anchor.log"
 fi
