@@ -10,9 +10,9 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 OUT=${OUT:-/tmp/sdft-bench-out}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
-bench() { python3 benchmarks/step_throughput.py --tokenizer .bench/tok --new-tokens 256 --report "$OUT/throughput.json" "$@"; }
-timeout 150 bench --model qwen2-0.5b-shape --batch 16 --steps 3 --warmup 1 --rounds 1 2>&1 | tee "$OUT/bench-0.5b.log"
-timeout 70 bench --model qwen2-1.5b-shape --batch 16 --steps 2 --warmup 1 --rounds 1 --impls ours_sdft,ours_sft \
+BENCH=(python3 benchmarks/step_throughput.py --tokenizer .bench/tok --new-tokens 256 --report "$OUT/throughput.json")
+timeout 150 "${BENCH[@]}" --model qwen2-0.5b-shape --batch 16 --steps 3 --warmup 1 --rounds 1 2>&1 | tee "$OUT/bench-0.5b.log"
+timeout 70 "${BENCH[@]}" --model qwen2-1.5b-shape --batch 16 --steps 2 --warmup 1 --rounds 1 --impls ours_sdft,ours_sft \
   2>&1 | tee "$OUT/bench-1.5b.log"
 if [ -f .bench/trl_anchor.py ]; then
   timeout 70 python3 .bench/trl_anchor.py --tok .bench/tok --bs 16 --new 256 --steps 4 2>&1 | grep '^{' | tee "$OUT/anchor.log"
