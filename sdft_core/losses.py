@@ -123,36 +123,21 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         values = torch.empty(hidden.shape[0], dtype=dtype, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk_size):
             end = min(start + chunk_size, hidden.shape[0])
+            h, chunk_weights = hidden[start:end].detach(), token_weights[start:end]
             if loss_with_gradient is not None:
-                h = hidden[start:end].detach()
-                logits = F.linear(h, w.detach(), None if b is None else b.detach())
-                per_token, gradient = loss_with_gradient(logits, start, end)
-                chunk_loss = (per_token * token_weights[start:end]).sum()
-                gradient = (gradient * token_weights[start:end, None]).to(logits.dtype)
-                if needs[0]:
-                    grad_hidden[start:end] = gradient @ w.detach().to(gradient.dtype)
-                if needs[1]:
-                    grad_weight += gradient.T @ h.to(gradient.dtype)
-                if needs[2]:
-                    grad_bias += gradient.sum(0)
-                values[start:end] = per_token
-                total += chunk_loss
-                continue
-            h = hidden[start:end].detach().requires_grad_(needs[0])
-            with torch.enable_grad():
-                per_token = token_loss(F.linear(h, w, b), start, end)
-                chunk_loss = (per_token * token_weights[start:end]).sum()
-            inputs = [x for x, need in zip((h, w, b), needs) if need]
-            if inputs:
-                grads = iter(torch.autograd.grad(chunk_loss, inputs))
-                if needs[0]:
-                    grad_hidden[start:end] = next(grads)
-                if needs[1]:
-                    grad_weight += next(grads)
-                if needs[2]:
-                    grad_bias += next(grads)
-            values[start:end] = per_token.detach()
-            total += chunk_loss.detach()
+                per_token, chunk_loss, grads = _closed_form_chunk(h, w, b, chunk_weights, needs,
+                                                                  loss_with_gradient, start, end)
+            else:
+                per_token, chunk_loss, grads = _autograd_chunk(h, w, b, chunk_weights, needs, token_loss, start, end)
+            chunk_hidden, chunk_weight, chunk_bias = grads
+            if needs[0]:
+                grad_hidden[start:end] = chunk_hidden
+            if needs[1]:
+                grad_weight += chunk_weight
+            if needs[2]:
+                grad_bias += chunk_bias
+            values[start:end] = per_token
+            total += chunk_loss
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         ctx.param_dtypes = (weight.dtype, None if bias is None else bias.dtype)
         ctx.mark_non_differentiable(values)
@@ -166,6 +151,31 @@ class _ChunkedHeadLoss(torch.autograd.Function):
                 None if grad_weight is None else (grad_weight * grad_total).to(weight_dtype),
                 None if grad_bias is None else (grad_bias * grad_total).to(bias_dtype),
                 None, None, None, None)
+
+
+def _autograd_chunk(h, w, b, chunk_weights, needs, token_loss: TokenLoss, start: int, end: int):
+    """(per-token values, weighted loss, gradients for hidden/weight/bias where needed) by autograd."""
+    h = h.requires_grad_(needs[0])
+    with torch.enable_grad():
+        per_token = token_loss(F.linear(h, w, b), start, end)
+        chunk_loss = (per_token * chunk_weights).sum()
+    inputs = [x for x, need in zip((h, w, b), needs) if need]
+    grads = iter(torch.autograd.grad(chunk_loss, inputs)) if inputs else iter(())
+    return (per_token.detach(), chunk_loss.detach(),
+            tuple(next(grads) if need else None for need in needs))
+
+
+def _closed_form_chunk(h, w, b, chunk_weights, needs, loss_with_gradient: TokenLossWithGradient, start: int,
+                       end: int):
+    """The same as `_autograd_chunk` from a loss that gives its gradient with respect to the logits."""
+    w, b = w.detach(), None if b is None else b.detach()
+    logits = F.linear(h, w, b)
+    per_token, gradient = loss_with_gradient(logits, start, end)
+    gradient = (gradient * chunk_weights[:, None]).to(logits.dtype)
+    return (per_token, (per_token * chunk_weights).sum(),
+            (gradient @ w.to(gradient.dtype) if needs[0] else None,
+             gradient.T @ h.to(gradient.dtype) if needs[1] else None,
+             gradient.sum(0) if needs[2] else None))
 
 
 def chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
