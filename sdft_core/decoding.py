@@ -130,7 +130,7 @@ class LeanDecoder:
 
     def __init__(self, model: nn.Module, rows: int, max_length: int, *, cuda_graphs: bool = True):
         base, config = model.model, model.config
-        self.model, self.rows, self.max_length = model, rows, max_length
+        self.model, self.max_length = model, max_length
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         if self.device.type == "cuda" and torch.is_autocast_enabled("cuda"):
@@ -182,11 +182,9 @@ class LeanDecoder:
 
     @torch.no_grad()
     def prefill(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=self.model.config)
-        logits = self.model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids(prompt_mask),
-                            **cache_argument(self.model, cache), use_cache=True, logits_to_keep=1).logits[:, -1]
+        generic = GenericDecoder(self.model)  # the model's own forward fills a dynamic cache; we copy it in
+        logits = generic.prefill(prompt_ids, prompt_mask)
+        cache = generic.cache
         width = prompt_ids.shape[1]
         for index, layer in enumerate(cache.layers):
             self.keys[index, :, :, :width] = layer.keys
