@@ -247,8 +247,6 @@ def run_trl(args: argparse.Namespace, model: str) -> dict:
         trainer.training_step = clock.wrap("training_step", trainer.training_step)
         trainer.teacher_model.register_forward_pre_hook(lambda *_: clock.start("teacher"))
         trainer.teacher_model.register_forward_hook(lambda *_: clock.stop("teacher"))
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
         trainer.train()
     student_tokens = [len(encode_messages(tokenizer, r["prompt"])) for r in dataset]
     teacher_tokens = [len(encode_messages(tokenizer, [{"role": "user", "content": template.format(
@@ -428,7 +426,7 @@ def main() -> None:
         sys.exit("trl_sdft needs TRL: pip install -e '.[bench]' (or run --impls ours_sdft,ours_sft)")
     hardware = measure_hardware()
     results: dict[str, list[dict]] = {impl: [] for impl in impls}
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "TRL_EXPERIMENTAL_SILENCE": "1"}
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
     for round_index in range(args.rounds):
         for impl in impls:
             started = time.perf_counter()
