@@ -1,6 +1,6 @@
 """The model side of on-policy sampling: prefill a batch of prompts, then one token per row per step.
 
-Two decoders share one interface (`prefill`, `step`):
+Two decoders share one interface (`prefill`, or `start` from a prompt pass already taken; then `step`):
 
 - `LeanDecoder`, for Llama-family models (Llama, Qwen2) whose projections are plain `nn.Linear`: a static KV
   cache and a decode step written out layer by layer, with none of the generic forward's per-call work (mask
@@ -10,8 +10,8 @@ Two decoders share one interface (`prefill`, `step`):
 - `GenericDecoder`: any other model (LoRA adapters, other architectures, wrappers), through its own forward with
   a dynamic cache.
 
-Both run the prompt through the model's own forward (so every padding and attention rule is the model's), and
-both give the same logits up to floating-point summation order.
+Both start from a `PromptPass`, the model's own forward over the prompts (so every padding and attention rule is
+the model's), and both give the same logits up to floating-point summation order.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -82,20 +84,50 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
+@dataclass
+class PromptPass:
+    """The model's forward over left-padded prompts, where decoding starts: the KV cache of every prompt position
+    and, at the last one, the final hidden state and the logits (detached). Taken with gradients, it is also the
+    prompt part of the student's training forward (see `Trainer`), which then runs only the completion."""
+
+    prompt_ids: torch.Tensor  # [rows, width]
+    prompt_mask: torch.Tensor  # [rows, width]
+    cache: Any  # transformers' DynamicCache
+    last_hidden: torch.Tensor  # [rows, hidden]
+    logits: torch.Tensor  # [rows, vocab]
+
+
+def prompt_pass(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> PromptPass:
+    """The model's own forward over the prompts (every padding and attention rule is the model's), with or
+    without gradients as the caller runs it."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=model.config)
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids(prompt_mask),
+                **cache_argument(model, cache), use_cache=True, logits_to_keep=1, output_hidden_states=True)
+    return PromptPass(prompt_ids, prompt_mask, cache, out.hidden_states[-1][:, -1], out.logits[:, -1].detach())
+
+
 class GenericDecoder:
     """Any causal LM through its own forward and a dynamic KV cache."""
 
     def __init__(self, model: nn.Module):
-        from transformers import DynamicCache
-
         self.model = model
-        self.cache = DynamicCache(config=model.config)
 
     def prefill(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
-        self.attention_mask = prompt_mask
-        self.positions = position_ids(prompt_mask)
-        return self.model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=self.positions,
-                          **cache_argument(self.model, self.cache), use_cache=True, logits_to_keep=1).logits[:, -1]
+        with torch.no_grad():
+            return self.start(prompt_pass(self.model, prompt_ids, prompt_mask))
+
+    def start(self, prompt: PromptPass) -> torch.Tensor:
+        """Decode on from a prompt pass; its cache is left as it is (decoding appends to a detached copy)."""
+        from transformers import DynamicCache
+
+        self.cache = DynamicCache(config=self.model.config)
+        for index, layer in enumerate(prompt.cache.layers):
+            self.cache.update(layer.keys.detach(), layer.values.detach(), index)
+        self.attention_mask = prompt.prompt_mask
+        self.positions = position_ids(prompt.prompt_mask)
+        return prompt.logits
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         self.attention_mask = torch.cat([self.attention_mask, torch.ones_like(self.attention_mask[:, :1])], dim=1)
@@ -105,27 +137,28 @@ class GenericDecoder:
                           use_cache=True).logits[:, -1]
 
 
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    rows = x.numel() // x.shape[-1]
-    if x.device.type == "cpu" and rows <= _SKINNY_ROWS:
-        # The result is a transposed view; callers' elementwise ops make the next input row-major again.
-        out = torch.mm(weight, x.reshape(rows, x.shape[-1]).contiguous().T).T.view(*x.shape[:-1], weight.shape[0])
-    else:
-        out = F.linear(x, weight)
-    return out if bias is None else out + bias
+def _skinny_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x @ weight.T for a few rows of x on CPU, as weight @ x.T; the result is a transposed (column-major) view."""
+    return torch.mm(weight, x.T).T
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+def _interleaved_pairs(head_dim: int) -> torch.Tensor:
+    """The order [0, d/2, 1, d/2 + 1, ...]: each rotary pair (i, i + d/2) side by side, as one complex number."""
+    half = head_dim // 2
+    return torch.stack([torch.arange(half), torch.arange(half, head_dim)], dim=-1).flatten()
 
 
 class LeanDecoder:
     """Llama-family decoding with a static KV cache [layers][rows, kv_heads, max_length, head_dim].
 
     Weights are read from the model at construction (cast once to the autocast dtype under CUDA autocast), so a
-    decoder serves one rollout; build a new one after the weights change.
+    decoder serves one rollout; build a new one after the weights change. The copies are arranged for few ops
+    per layer, with the same logits:
+    - each RMSNorm weight, and the sqrt(hidden size) that turns a norm into a root mean square, is multiplied
+      into the columns of the product it feeds (qkv, gate_up, the head);
+    - the attention scale 1/sqrt(head_dim) is multiplied into the q rows;
+    - q and k rows are reordered within each head so that every rotary pair is adjacent: the rotation is then one
+      complex product. Scores q.k do not change when q and k share a reordering; the cached keys use it too.
     """
 
     def __init__(self, model: nn.Module, rows: int, max_length: int, *, cuda_graphs: bool = True):
@@ -135,70 +168,100 @@ class LeanDecoder:
         self.dtype = next(model.parameters()).dtype
         if self.device.type == "cuda" and torch.is_autocast_enabled("cuda"):
             self.dtype = torch.get_autocast_dtype("cuda")
-        cast = self._cast
         self.embed = base.embed_tokens.weight  # a lookup: rows of it are cast, not the table
         self.rotary = base.rotary_emb
         self.eps = config.rms_norm_eps
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        self.scale = self.head_dim ** -0.5
+        self.hidden_size = config.hidden_size
         self.act = base.layers[0].mlp.act_fn
+        self.q_width, self.kv_width = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        self.intermediate = base.layers[0].mlp.gate_proj.out_features
+        self.pair_order = _interleaved_pairs(self.head_dim).to(self.device)
         self.layers = []
         for layer in base.layers:
             attn, mlp = layer.self_attn, layer.mlp
             # One product for q, k and v and one for gate and up: fewer, larger products per step.
             self.layers.append({
-                "norm1": cast(layer.input_layernorm.weight), "norm2": cast(layer.post_attention_layernorm.weight),
-                "qkv": self._fused(attn.q_proj, attn.k_proj, attn.v_proj),
-                "o": (cast(attn.o_proj.weight), cast(attn.o_proj.bias)),
-                "gate_up": self._fused(mlp.gate_proj, mlp.up_proj),
-                "down": (cast(mlp.down_proj.weight), cast(mlp.down_proj.bias)),
+                "qkv": self._fused([(attn.q_proj, self.heads), (attn.k_proj, self.kv_heads), (attn.v_proj, None)],
+                                   layer.input_layernorm.weight, query_scale=self.head_dim ** -0.5),
+                "o": self._weights(attn.o_proj),
+                "gate_up": self._fused([(mlp.gate_proj, None), (mlp.up_proj, None)],
+                                       layer.post_attention_layernorm.weight),
+                "down": self._weights(mlp.down_proj),
             })
-        self.q_width, self.kv_width = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        self.intermediate = base.layers[0].mlp.gate_proj.out_features
-        self.final_norm = cast(base.norm.weight)
-        self.head = (cast(model.lm_head.weight), cast(model.lm_head.bias))
+        self.final_norm = (base.norm.weight.detach().float() * self.hidden_size ** 0.5).to(self.dtype)
+        self.head = self._weights(model.lm_head)
         shape = (len(self.layers), rows, self.kv_heads, max_length, self.head_dim)
         self.keys = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.values = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        # Additive attention bias: 0 where a row may attend, -inf elsewhere (unwritten slots, left padding).
-        self.bias = torch.full((rows, 1, 1, max_length), float("-inf"), dtype=self.dtype, device=self.device)
+        # Additive attention bias per (row, KV head): 0 where a row may attend, -inf elsewhere (unwritten slots,
+        # left padding).
+        self.bias = torch.full((rows, self.kv_heads, 1, max_length), float("-inf"), dtype=self.dtype,
+                               device=self.device)
         self.length = 0
+        self.skinny = self.device.type == "cpu" and rows <= _SKINNY_ROWS
         self.use_graph = cuda_graphs and self.device.type == "cuda"
         self.graph = None
 
-    def _cast(self, tensor: torch.Tensor | None) -> torch.Tensor | None:
-        return None if tensor is None else tensor.detach().to(self.dtype)
+    def _weights(self, linear: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
+        bias = None if linear.bias is None else linear.bias.detach().to(self.dtype)
+        return linear.weight.detach().to(self.dtype), bias
 
-    def _fused(self, *linears: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The linears' weights stacked (a copy in the compute dtype); biases too, zeros for those without."""
-        weight = torch.cat([linear.weight.detach().to(self.dtype) for linear in linears])
-        if all(linear.bias is None for linear in linears):
+    def _fused(self, parts: list[tuple[nn.Linear, int | None]], norm_weight: torch.Tensor, query_scale: float = 1.0):
+        """The linears' weights stacked, times sqrt(hidden) x the preceding norm's weight per column, in the compute
+        dtype. A part given with a head count (q, k) has its rows in rotary-pair order; the first part's rows are
+        times `query_scale`. Biases likewise (zeros for linears without one), or None if none has one."""
+        weights, biases = [], []
+        for index, (linear, heads) in enumerate(parts):
+            weight, bias = linear.weight.detach().float(), linear.bias
+            bias = torch.zeros(linear.out_features, device=weight.device) if bias is None else bias.detach().float()
+            if heads is not None:
+                order = self.pair_order
+                weight = weight.view(heads, self.head_dim, -1)[:, order].reshape(weight.shape)
+                bias = bias.view(heads, self.head_dim)[:, order].reshape(bias.shape)
+            scale = query_scale if index == 0 else 1.0
+            weights.append(weight * scale)
+            biases.append(bias * scale)
+        weight = (torch.cat(weights) * (norm_weight.detach().float() * self.hidden_size ** 0.5)).to(self.dtype)
+        if all(linear.bias is None for linear, _ in parts):
             return weight, None
-        bias = torch.cat([self._cast(linear.bias) if linear.bias is not None
-                          else weight.new_zeros(linear.out_features) for linear in linears])
-        return weight, bias
+        return weight, torch.cat(biases).to(self.dtype)
+
+    def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        # A skinny product's result is a column-major view; elementwise ops and .contiguous() make it row-major.
+        out = _skinny_linear(x, weight) if self.skinny else F.linear(x, weight)
+        return out if bias is None else out + bias
+
+    def _normalized(self, h: torch.Tensor) -> torch.Tensor:
+        """h / sqrt(|h|^2 + hidden x eps), in float32 like the model's RMSNorm: its root mean square is
+        |h| / sqrt(hidden), and that sqrt(hidden) and the norm's weight are in the next product's columns."""
+        h32 = h.float()
+        norm = torch.linalg.vector_norm(h32, dim=-1, keepdim=True)
+        return (h32 * norm.square_().add_(self.hidden_size * self.eps).rsqrt_()).to(self.dtype)
+
+    def prefill(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.start(prompt_pass(self.model, prompt_ids, prompt_mask))
 
     @torch.no_grad()
-    def prefill(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
-        generic = GenericDecoder(self.model)  # the model's own forward fills a dynamic cache; we copy it in
-        logits = generic.prefill(prompt_ids, prompt_mask)
-        cache = generic.cache
-        width = prompt_ids.shape[1]
-        for index, layer in enumerate(cache.layers):
-            self.keys[index, :, :, :width] = layer.keys
+    def start(self, prompt: PromptPass) -> torch.Tensor:
+        """Decode on from a prompt pass: its keys and values are copied into the static cache."""
+        width = prompt.prompt_ids.shape[1]
+        for index, layer in enumerate(prompt.cache.layers):
+            self.keys[index, :, :, :width] = layer.keys[..., self.pair_order]
             self.values[index, :, :, :width] = layer.values
-        self.bias[:, 0, 0, :width].masked_fill_(prompt_mask.bool(), 0.0)
+        self.bias[..., :width].masked_fill_(prompt.prompt_mask.bool()[:, None, None], 0.0)
         self.length = width
-        self.positions = prompt_mask.sum(-1)  # the next token's position in each row
-        return logits
+        self.positions = prompt.prompt_mask.sum(-1)  # the next token's position in each row
+        return prompt.logits
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         if self.length >= self.max_length:
             raise RuntimeError(f"the static cache holds {self.max_length} positions; all are used")
-        self.bias[:, 0, 0, self.length] = 0.0
+        self.bias[..., self.length] = 0.0
         if self.use_graph and (self.graph is not None or self._capture(tokens)):
             logits = self._graph_step(tokens)
         else:
@@ -209,35 +272,37 @@ class LeanDecoder:
 
     def _step(self, tokens: torch.Tensor, positions: torch.Tensor, slot, visible: int) -> torch.Tensor:
         """One decode step; `slot` (int, or a 1-element tensor under a graph) is the cache position written."""
-        rows = tokens.shape[0]
+        rows, kv_heads, head_dim = tokens.shape[0], self.kv_heads, self.head_dim
+        groups = self.heads // kv_heads
+        rotating = self.heads + kv_heads  # queries and keys rotate together
+        qk_width = self.q_width + self.kv_width
         with torch.autocast(self.device.type, enabled=False):
             h = F.embedding(tokens, self.embed).to(self.dtype)  # [rows, hidden]
             cos, sin = self.rotary(h, positions[:, None])  # [rows, 1, head_dim]: one position per row
-            bias = self.bias[..., :visible]
-            groups = self.heads // self.kv_heads
-            heads = self.heads + self.kv_heads  # queries and keys rotate together
-            norm = (h.shape[-1],)
+            half = head_dim // 2
+            rotation = torch.complex(cos[..., :half].float(), sin[..., :half].float())  # [rows, 1, head_dim / 2]
+            bias = self.bias.view(rows * kv_heads, 1, -1)[..., :visible]
             for index, w in enumerate(self.layers):
-                qkv = _linear(F.rms_norm(h, norm, w["norm1"], self.eps), *w["qkv"])
-                qk = _rotate(qkv[:, :self.q_width + self.kv_width].reshape(rows, heads, self.head_dim), cos, sin)
-                q = qk[:, :self.heads].view(rows, self.kv_heads, groups, self.head_dim)  # query heads by KV head
-                k = qk[:, self.heads:, None]  # [rows, kv_heads, 1, head_dim]
-                v = qkv[:, self.q_width + self.kv_width:].reshape(rows, self.kv_heads, 1, self.head_dim)
+                qkv = self._linear(self._normalized(h), *w["qkv"]).contiguous()
+                pairs = qkv[:, :qk_width].unflatten(-1, (rotating, half, 2)).float()
+                qk = torch.view_as_real(torch.view_as_complex(pairs) * rotation).to(self.dtype)
+                k = qk[:, self.heads:].flatten(-2)  # [rows, kv_heads, head_dim]
+                v = qkv[:, qk_width:].view(rows, kv_heads, head_dim)
                 keys, values = self.keys[index], self.values[index]
                 if isinstance(slot, int):
-                    keys[:, :, slot] = k[:, :, 0]
-                    values[:, :, slot] = v[:, :, 0]
+                    keys.select(2, slot).copy_(k)
+                    values.select(2, slot).copy_(v)
                 else:
-                    keys.index_copy_(2, slot, k)
-                    values.index_copy_(2, slot, v)
-                # One query position: four plain ops beat SDPA's masked grouped-query path on CPU
-                scores = torch.matmul(q, keys[:, :, :visible].transpose(-1, -2)).mul_(self.scale).add_(bias)
-                attended = torch.matmul(scores.softmax(-1), values[:, :, :visible])
-                h = h + _linear(attended.reshape(rows, -1), *w["o"])
-                gate, up = _linear(F.rms_norm(h, norm, w["norm2"], self.eps), *w["gate_up"]).split(
-                    self.intermediate, -1)
-                h = h + _linear(self.act(gate) * up, *w["down"])
-            return _linear(F.rms_norm(h, norm, self.final_norm, self.eps), *self.head)
+                    keys.index_copy_(2, slot, k[:, :, None])
+                    values.index_copy_(2, slot, v[:, :, None])
+                # One query position: three batched products beat SDPA's masked grouped-query path on CPU
+                q = qk[:, :self.heads].reshape(rows * kv_heads, groups, head_dim)  # query heads by KV head
+                scores = torch.baddbmm(bias, q, keys.view(rows * kv_heads, -1, head_dim)[:, :visible].transpose(1, 2))
+                attended = torch.bmm(scores.softmax(-1), values.view(rows * kv_heads, -1, head_dim)[:, :visible])
+                h = h + self._linear(attended.view(rows, -1), *w["o"])
+                gate, up = self._linear(self._normalized(h), *w["gate_up"]).split(self.intermediate, -1)
+                h = h + self._linear((self.act(gate) * up).contiguous(), *w["down"])
+            return self._linear(self._normalized(h) * self.final_norm, *self.head)
 
     def _capture(self, tokens: torch.Tensor) -> bool:
         """Capture the step over the whole cache (masked) as a CUDA graph; False (and eager steps) if it fails."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .decoding import make_decoder
+from .decoding import PromptPass, make_decoder
 
 _MASK32 = 0xFFFFFFFF
 
@@ -109,14 +109,20 @@ def pad(sequences: list[list[int]], pad_id: int, side: str, device=None) -> tupl
 @torch.no_grad()
 def sample_completions(model: nn.Module, prompts: list[list[int]], row_keys: list[int], *, pad_token_id: int,
                        eos_token_ids: list[int], max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
-                       top_p: float = 1.0, cuda_graphs: bool = True) -> Rollout:
+                       top_p: float = 1.0, cuda_graphs: bool = True, prompt_pass: PromptPass | None = None) -> Rollout:
     """Sample one completion per prompt with the KV cache on; stops once every row has emitted an EOS.
+
+    `prompt_pass`: the model's forward over these prompts, already taken (e.g. with gradients, by the trainer);
+    decoding starts from it instead of running the prompts again.
 
     The model runs in eval mode here, so gradient checkpointing (active only in training mode) cannot switch the
     cache off; its previous mode is restored afterwards.
     """
     device = next(model.parameters()).device
-    prompt_ids, prompt_mask = pad(prompts, pad_token_id, "left", device)
+    if prompt_pass is None:
+        prompt_ids, prompt_mask = pad(prompts, pad_token_id, "left", device)
+    else:
+        prompt_ids, prompt_mask = prompt_pass.prompt_ids, prompt_pass.prompt_mask
     keys = torch.tensor(row_keys, dtype=torch.int64, device=device)
     eos = torch.tensor(eos_token_ids, dtype=torch.long, device=device)
     rows = prompt_ids.shape[0]
@@ -127,7 +133,7 @@ def sample_completions(model: nn.Module, prompts: list[list[int]], row_keys: lis
     model.eval()
     try:
         decoder = make_decoder(model, rows, prompt_ids.shape[1] + max_new_tokens, cuda_graphs=cuda_graphs)
-        logits = decoder.prefill(prompt_ids, prompt_mask)
+        logits = decoder.prefill(prompt_ids, prompt_mask) if prompt_pass is None else decoder.start(prompt_pass)
         tokens, alive = [], torch.ones(rows, dtype=torch.bool, device=device)
         for step in range(max_new_tokens):
             token = next_tokens(logits, keys, step, temperature, top_k, top_p)

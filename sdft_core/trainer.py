@@ -31,7 +31,7 @@ import torch
 
 from . import distributed
 from .config import TrainConfig
-from .decoding import position_ids
+from .decoding import PromptPass, cache_argument, position_ids, prompt_pass
 from .losses import (
     completion_loss_mask,
     cross_entropy_loss,
@@ -186,6 +186,21 @@ class Trainer:
         self.optimizer = optimizer if self.fsdp else self.accelerator.prepare(optimizer)
         self._orders: dict[int, list[int]] = {}
         self.step = 0
+        self.reuse_prompt_pass = self._prompt_pass_reusable()
+        self._prompt_pass: PromptPass | None = None
+
+    def _prompt_pass_reusable(self) -> bool:
+        """Whether the student's forward over its prompts, taken with gradients before sampling, can also be the
+        prompt part of its training forward (which then runs only the completions): the prompts are run once
+        instead of twice. It needs the step's rows in one rollout and one micro-batch in one process (the pass's
+        graph is held through decoding: with accumulation every micro-batch's would be held at once), and no
+        dropout or activation checkpointing (sampling must see what the training forward sees)."""
+        config = self.config
+        no_dropout = (all(m.p == 0 for m in self.lm.modules() if isinstance(m, torch.nn.Dropout))
+                      and not getattr(self.lm.config, "attention_dropout", 0.0))
+        return (config.method == "sdft" and self.accumulation_steps == 1 and self.accelerator.num_processes == 1
+                and not self.fsdp and not config.gradient_checkpointing and no_dropout
+                and (config.rollout.batch_size or self.rows_per_process) >= self.rows_per_process)
 
     # ----------------------------------------------------------------------------------------------- data
     def _epoch_order(self, epoch: int) -> list[int]:
@@ -222,18 +237,26 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def generate(self, rows: list[tuple[Example, int]]) -> list[list[int]]:
-        """On-policy completions (token lists, EOS included when emitted) for the given rows."""
+    def generate(self, rows: list[tuple[Example, int]], keep_prompt_pass: bool = False) -> list[list[int]]:
+        """On-policy completions (token lists, EOS included when emitted) for the given rows.
+
+        `keep_prompt_pass`: take the prompts' forward with gradients and keep it for the next micro-step (see
+        `_prompt_pass_reusable`); the rows must then be one rollout."""
         rollout_cfg = self.config.rollout
         chunk = rollout_cfg.batch_size or len(rows)
         completions: list[list[int]] = []
         with self.accelerator.autocast(), distributed.gathered_for_generation(self.model):
             for start in range(0, len(rows), chunk):
                 part = rows[start:start + chunk]
+                prompts = [ex.student_ids for ex, _ in part]
+                prompt = None
+                if keep_prompt_pass:
+                    prompt = self._prompt_pass = prompt_pass(self.lm, *pad(prompts, self.pad_id, "left", self.device))
                 rollout = sample_completions(
-                    self.lm, [ex.student_ids for ex, _ in part], [key for _, key in part], pad_token_id=self.pad_id,
+                    self.lm, prompts, [key for _, key in part], pad_token_id=self.pad_id,
                     eos_token_ids=self.eos_ids, max_new_tokens=rollout_cfg.max_new_tokens,
-                    temperature=rollout_cfg.temperature, top_k=rollout_cfg.top_k, top_p=rollout_cfg.top_p)
+                    temperature=rollout_cfg.temperature, top_k=rollout_cfg.top_k, top_p=rollout_cfg.top_p,
+                    prompt_pass=prompt)
                 lengths = rollout.completion_mask.sum(-1).tolist()
                 completions += [ids[:length] for ids, length in zip(rollout.completion_ids.tolist(), lengths)]
         return completions
@@ -246,6 +269,19 @@ class Trainer:
         attention_mask = torch.cat([prompt_mask, completion_mask[:, :-1]], dim=1)
         hidden = forward(input_ids, attention_mask, position_ids(attention_mask))
         return hidden[:, prompt_ids.shape[1] - 1:]
+
+    def _completion_hidden_after(self, prompt: PromptPass, completion_ids: torch.Tensor,
+                                 completion_mask: torch.Tensor) -> torch.Tensor:
+        """The student's `_completion_hidden` from a prompt pass taken with gradients: only the completion runs,
+        attending to the pass's keys and values; gradients flow back through both."""
+        if completion_ids.shape[1] == 1:
+            return prompt.last_hidden[:, None]
+        attention_mask = torch.cat([prompt.prompt_mask, completion_mask[:, :-1]], dim=1)
+        decoder = self.lm.get_decoder()
+        hidden = decoder(input_ids=completion_ids[:, :-1], attention_mask=attention_mask,
+                         position_ids=position_ids(attention_mask)[:, prompt.prompt_ids.shape[1]:],
+                         **cache_argument(decoder, prompt.cache), use_cache=True).last_hidden_state
+        return torch.cat([prompt.last_hidden[:, None], hidden], dim=1)
 
     def micro_step(self, rows: list[tuple[Example, int]], completions: list[list[int]],
                    timings: dict[str, float]) -> dict[str, float]:
@@ -264,8 +300,12 @@ class Trainer:
                         self.teacher.hidden_states, [ex.teacher_ids for ex, _ in rows],
                         completion_ids, completion_mask)[selected]
             with self._timed(timings, "student"):
-                student_hidden = self._completion_hidden(self.model, students, completion_ids,
-                                                         completion_mask)[selected]
+                prompt, self._prompt_pass = self._prompt_pass, None  # a pass serves one forward
+                if prompt is not None and prompt.prompt_ids.shape[0] == len(rows):
+                    hidden = self._completion_hidden_after(prompt, completion_ids, completion_mask)
+                else:
+                    hidden = self._completion_hidden(self.model, students, completion_ids, completion_mask)
+                student_hidden = hidden[selected]
                 if sdft:
                     loss, per_token = distillation_loss(student_hidden, output_head(self.lm), teacher_hidden,
                                                         self.teacher.head(), weights[selected], config.loss,
@@ -283,7 +323,7 @@ class Trainer:
         if self.config.method != "sdft":
             return [ex.demonstration_ids for ex, _ in rows]
         with self._timed(timings, "generation"):
-            return self.generate(rows)
+            return self.generate(rows, keep_prompt_pass=self.reuse_prompt_pass)
 
     def accumulate_gradients(self, rows: list[tuple[Example, int]], completions: list[list[int]],
                              timings: dict[str, float]) -> dict[str, float]:

@@ -249,3 +249,38 @@ def test_on_cpu_freed_memory_stays_mapped_for_the_next_step():
     held = resident_mb()
     del block
     assert resident_mb() > held - 8  # still mapped: a default glibc would have returned the 64 MB
+
+
+def test_the_prompt_pass_taken_for_sampling_is_the_prompt_part_of_the_training_forward(peaky_model_dir, records,
+                                                                                         tmp_path):
+    """One micro-batch per step: the student's prompts run once, with gradients, for sampling and for training
+    (the training forward runs only the completions), and the gradient is the one of running them twice."""
+    reused = Trainer(config(peaky_model_dir, tmp_path / "reused", micro_batch_size=4), records)
+    plain = Trainer(config(peaky_model_dir, tmp_path / "plain", micro_batch_size=4), records)
+    plain.reuse_prompt_pass = False
+    assert reused.reuse_prompt_pass
+    widths, grads, samples = {}, {}, {}
+    for name, trainer in (("reused", reused), ("plain", plain)):
+        rows = trainer.step_rows(0)
+        samples[name] = trainer.rollouts(rows, {})
+        seen = []
+        layer = trainer.lm.model.layers[0]
+        handle = layer.register_forward_hook(lambda module, args, out: seen.append(args[0].shape[1]))
+        trainer.accumulate_gradients(rows, samples[name], {})
+        handle.remove()
+        widths[name] = seen[0]
+        grads[name] = {n: p.grad.clone() for n, p in trainer.lm.named_parameters()}
+        assert math.isfinite(trainer.train_step()["loss"])  # and on to the next step
+    assert samples["reused"] == samples["plain"]
+    assert widths["reused"] == max(len(c) for c in samples["reused"]) - 1  # the completions alone
+    assert widths["plain"] > widths["reused"] + 5  # prompts and completions
+    for name, want in grads["plain"].items():
+        torch.testing.assert_close(grads["reused"][name], want, rtol=1e-4, atol=1e-6 * want.abs().max().item())
+
+
+@pytest.mark.parametrize("overrides", [dict(micro_batch_size=2), dict(gradient_checkpointing=True), dict(method="sft"),
+                                       dict(lora=LoraSettings(r=4, alpha=8, dropout=0.1))])
+def test_the_prompt_pass_is_run_again_where_reusing_it_would_hold_or_change_too_much(peaky_model_dir, records,
+                                                                                     tmp_path, overrides):
+    trainer = Trainer(config(peaky_model_dir, tmp_path, **({"micro_batch_size": 4} | overrides)), records)
+    assert not trainer.reuse_prompt_pass
