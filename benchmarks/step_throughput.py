@@ -404,7 +404,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=5e-5)
     parser.add_argument("--steps", type=int, default=3, help="measured steps per process")
-    parser.add_argument("--warmup", type=int, default=1, help="unmeasured steps per process")
+    parser.add_argument("--warmup", type=int, default=2, help="unmeasured steps per process")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of all implementations")
     parser.add_argument("--impls", default=",".join(IMPLS))
     parser.add_argument("--threads", type=int, default=0, help="CPU threads per process (0: torch's default)")
