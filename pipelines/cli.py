@@ -4,6 +4,7 @@
     sdft-pipeline versions
     sdft-pipeline promote 3 --reason "checked by hand"
     sdft-pipeline rollback
+    sdft-pipeline ui          # Dagster webserver + daemon and the MLflow UI on 127.0.0.1 (make ui)
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import yaml
 
 DAGSTER_YAML = """\
 # Written by sdft-pipeline. Runs launched from the UI start at once (no daemon needed); sensors and
-# schedules still need `dagster dev` (or dagster-daemon beside dagster-webserver).
+# schedules still need the daemon (`make ui` runs dagster-daemon beside dagster-webserver).
 run_coordinator:
   module: dagster.core.run_coordinator
   class: DefaultRunCoordinator
@@ -92,10 +93,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_uis(home: Path, registry) -> None:
-    bin_dir = Path(sys.executable).parent
     print(f"""
-Dagster UI:  DAGSTER_HOME={home} {bin_dir}/dagster dev -m pipelines.definitions -h 127.0.0.1 -p 3000
-MLflow UI:   {bin_dir}/mlflow ui --backend-store-uri {registry.tracking_uri} --host 127.0.0.1 --port 5000
+Dagster and MLflow UIs: DAGSTER_HOME={home} MLFLOW_TRACKING_URI={registry.tracking_uri} make ui
 """)
 
 
@@ -141,7 +140,15 @@ def main(argv: list[str] | None = None) -> int:
     rollback = commands.add_parser("rollback", help="give champion back to the version the champion replaced")
     rollback.add_argument("--reason", default="manual rollback")
     commands.add_parser("versions", help="list registered versions, aliases and gate results")
-    args = parser.parse_args(argv)
+    commands.add_parser("ui", add_help=False, help="the Dagster webserver and daemon and the MLflow UI on "
+                                                   "127.0.0.1; Ctrl-C stops them (options: ui --help)")
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "ui":
+        from pipelines.ui import main as ui
+
+        return ui(rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     return run(args) if args.command == "run" else registry_command(args)
 
 
