@@ -2,6 +2,7 @@
 
     sdft-pipeline run --skill science --config pipelines/configs/cpu.yaml
     sdft-pipeline versions
+    sdft-pipeline status      # per skill: the champion that holds it, its data hash and scores
     sdft-pipeline promote 3 --reason "checked by hand"
     sdft-pipeline rollback
     sdft-pipeline ui          # Dagster webserver + daemon and the MLflow UI on 127.0.0.1 (make ui)
@@ -43,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
     import dagster as dg
 
     from pipelines.definitions import defs as load_definitions
+    from pipelines.metadata import markdown_table
     from pipelines.partitions import skills
 
     home = dagster_home()
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if "benchmark_evaluation" in metadata:
         evaluation = metadata["benchmark_evaluation"]
         print(f"\nEvaluation ({args.skill}, candidate vs parent {evaluation['parent'].value}), points:")
-        print(evaluation["deltas"].value)
+        print(markdown_table([record.data for record in evaluation["deltas"].value.records]))
         print(f"table: {evaluation['comparison'].value}")
     if "registered_model" in metadata:
         registered = metadata["registered_model"]
@@ -110,11 +112,72 @@ def _print_versions(registry) -> None:
               f"{scores[0]:>9} {scores[1]:>6}  {tags.get('parent', '')}")
 
 
+def champion_lineage(registry) -> list:
+    """The champion, its parent, its parent's parent, ... (model versions, newest first; empty without one)."""
+    client = registry.client()
+    version = registry.version_by_alias("champion")
+    lineage = []
+    while version is not None:
+        lineage.append(version)
+        parent = version.tags.get("parent_version")
+        version = client.get_model_version(registry.model_name, parent) if parent else None
+    return lineage
+
+
+def status_rows(registry, skill_data) -> list[dict[str, str]]:
+    """One row per skill (on disk or in the champion): the version in the champion's lineage that learned it,
+    the data hash it learned from against the folder's current one, and its scores at registration."""
+    lineage = champion_lineage(registry)
+    on_disk = set(skill_data.skills())
+    rows = []
+    for skill in sorted(on_disk | {v.tags["skill"] for v in lineage if "skill" in v.tags}):
+        current = skill_data.version(skill) if skill in on_disk else "(no folder)"
+        holder = next((v for v in lineage if v.tags.get("skill") == skill), None)
+        if holder is None:
+            latest = registry.latest_version_tags(skill)
+            state = "not in champion" + (" (a candidate was registered)" if latest else "")
+            rows.append({"skill": skill, "version": "", "trained_on": "", "current_data": current,
+                         "new_skill": "", "prior_average": "", "state": state})
+            continue
+        tags = holder.tags
+        trained_on = tags.get("dvc_skill_md5", "")
+        rows.append({"skill": skill, "version": f"{registry.model_name}/{holder.version}",
+                     "trained_on": trained_on, "current_data": current,
+                     "new_skill": _percent(tags.get("eval.new_skill")),
+                     "prior_average": _percent(tags.get("eval.prior_average")),
+                     "state": "up to date" if trained_on == current else "data changed: retrain"})
+    return rows
+
+
+def _percent(value: str | None) -> str:
+    return "" if value is None else f"{100 * float(value):.1f}"
+
+
+def print_status(registry, skill_data) -> None:
+    champion = registry.version_by_alias("champion")
+    print(f"champion: {registry.model_name}/{champion.version}" if champion else
+          f"champion: none yet (skills train from base:{registry.base_model})")
+    rows = status_rows(registry, skill_data)
+    if not rows:
+        print(f"no skills under {skill_data.root}/skills and none in the registry")
+        return
+    columns = {"skill": "skill", "version": "learned by", "trained_on": "data hash (trained)",
+               "current_data": "data hash (now)", "new_skill": "new skill", "prior_average": "prior avg",
+               "state": "state"}
+    widths = {k: max(len(title), *(len(r[k]) for r in rows)) for k, title in columns.items()}
+    print("  ".join(title.ljust(widths[k]) for k, title in columns.items()).rstrip())
+    for row in rows:
+        print("  ".join(row[k].ljust(widths[k]) for k in columns).rstrip())
+
+
 def registry_command(args: argparse.Namespace) -> int:
     from pipelines.definitions import defs as load_definitions
 
-    registry = load_definitions().resources["registry"]
-    if args.command == "promote":
+    definitions = load_definitions()
+    registry = definitions.resources["registry"]
+    if args.command == "status":
+        print_status(registry, definitions.resources["skill_data"])
+    elif args.command == "promote":
         print(registry.promote(args.version, args.reason))
     elif args.command == "rollback":
         print(registry.rollback(args.reason))
@@ -140,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     rollback = commands.add_parser("rollback", help="give champion back to the version the champion replaced")
     rollback.add_argument("--reason", default="manual rollback")
     commands.add_parser("versions", help="list registered versions, aliases and gate results")
+    commands.add_parser("status", help="per skill: the champion version that learned it, its data hash against "
+                                       "the folder's, and its scores")
     commands.add_parser("ui", add_help=False, help="the Dagster webserver and daemon and the MLflow UI on "
                                                    "127.0.0.1; Ctrl-C stops them (options: ui --help)")
     args, rest = parser.parse_known_args(argv)

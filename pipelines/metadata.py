@@ -31,13 +31,26 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None
     return "\n".join(lines)
 
 
-def delta_plot(rows: Sequence[dict[str, Any]], title: str) -> bytes:
-    """Horizontal bars of candidate - parent per benchmark (points), with the paired 95% interval."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _png(figure) -> bytes:
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    _pyplot().close(figure)
+    return buffer.getvalue()
+
+
+def delta_plot(rows: Sequence[dict[str, Any]], title: str) -> bytes:
+    """Horizontal bars of candidate - parent per benchmark (points), with the paired 95% interval."""
+    plt = _pyplot()
     labels = [r["task"] for r in rows]
     deltas = [100 * r["delta"] for r in rows]
     low = [100 * (r["delta"] - r["delta_ci"][0]) for r in rows]
@@ -49,11 +62,47 @@ def delta_plot(rows: Sequence[dict[str, Any]], title: str) -> bytes:
     axes.invert_yaxis()
     axes.set_xlabel("candidate - parent (points, 95% paired bootstrap interval)")
     axes.set_title(title)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    return buffer.getvalue()
+    return _png(figure)
+
+
+def training_curve_plot(metrics: Sequence[dict[str, float]], title: str) -> bytes:
+    """Loss and, for SDFT, the per-token KL(teacher || student) by optimizer step (from metrics.jsonl)."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(7, 3.5), dpi=100)
+    steps = [m["step"] for m in metrics]
+    for key, label in (("loss", "loss"), ("divergence", "KL(teacher || student) per token"),
+                       ("cross_entropy", "cross-entropy per token")):
+        if metrics and key in metrics[0]:
+            axes.plot(steps, [m[key] for m in metrics], marker="o" if len(steps) < 30 else None, label=label)
+    axes.set_xlabel("optimizer step")
+    axes.set_yscale("log" if all(m["loss"] > 0 for m in metrics) else "linear")
+    axes.legend()
+    axes.grid(alpha=0.3)
+    axes.set_title(title)
+    return _png(figure)
+
+
+def skill_versus_prior_plot(points: dict[str, tuple[float, float]], title: str) -> bytes:
+    """One point per model: prior-capability average (x) against the new skill's score (y), in percent. Up is
+    learning, left is forgetting."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(6, 4.5), dpi=100)
+    for label, (prior, skill) in points.items():
+        axes.scatter([100 * prior], [100 * skill], s=60)
+        axes.annotate(label, (100 * prior, 100 * skill), textcoords="offset points", xytext=(6, 6))
+    axes.set_xlabel("prior-capability average (%)")
+    axes.set_ylabel("new skill (%)")
+    axes.grid(alpha=0.3)
+    axes.margins(0.25)
+    axes.set_title(title)
+    return _png(figure)
+
+
+def table_metadata(rows: Sequence[dict[str, Any]]) -> dg.MetadataValue:
+    """Rows as Dagster table metadata (sortable in the UI), column types from the first row."""
+    types = {float: "float", int: "int", bool: "bool"}
+    columns = [dg.TableColumn(name, types.get(type(value), "string")) for name, value in rows[0].items()]
+    return dg.MetadataValue.table([dg.TableRecord(dict(row)) for row in rows], dg.TableSchema(columns))
 
 
 def png_markdown(png: bytes, alt: str) -> dg.MetadataValue:

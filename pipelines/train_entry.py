@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sdft_core.config import TrainConfig
 from sdft_core.records import read_demonstrations
-from sdft_core.trainer import TrainerCallback, TrainResult, train
+from sdft_core.trainer import TrainerCallback, TrainResult, progress_line, train
 
 
 class MlflowMetrics(TrainerCallback):
@@ -35,15 +35,21 @@ class MlflowMetrics(TrainerCallback):
 
 
 class PipesProgress(TrainerCallback):
-    def __init__(self, pipes):
-        self.pipes = pipes
+    """Progress in the Dagster run's log: the first step, then one line per `every_s` at most, and the last."""
+
+    def __init__(self, pipes, every_s: float = 30.0, clock=time.monotonic):
+        self.pipes, self.every_s, self.clock = pipes, every_s, clock
 
     def on_train_begin(self, info):
+        self.total, self.first_step = info["total_steps"], info["resumed_from"] or 0
+        self.started, self.logged = self.clock(), None
         self.pipes.log.info(f"training: {json.dumps(info)}")
 
     def on_step_end(self, step, metrics):
-        shown = {k: round(v, 4) for k, v in metrics.items() if k in ("loss", "grad_norm", "lr", "step_seconds")}
-        self.pipes.log.info(f"step {step}: {shown}")
+        now = self.clock()
+        if self.logged is None or step == self.total or now - self.logged >= self.every_s:
+            self.pipes.log.info(progress_line(step, self.total, metrics, now - self.started, self.first_step))
+            self.logged = now
 
     def on_checkpoint(self, step, path):
         self.pipes.log.info(f"checkpoint {path}")

@@ -416,7 +416,7 @@ class Trainer:
                     handle.write(json.dumps(metrics) + "\n")
                 for callback in self.callbacks:
                     callback.on_step_end(self.step, metrics)
-                bar.set_postfix(_progress_fields(metrics), refresh=False)
+                bar.set_postfix(progress_fields(metrics), refresh=False)
                 bar.update(1)
             if self.step % self.config.checkpoint_every == 0 or self.step == self.total_steps:
                 path = self.save_checkpoint()
@@ -603,13 +603,31 @@ def _mixed_precision(precision: str) -> str:
     return "no"
 
 
-def _progress_fields(metrics: dict[str, float]) -> dict[str, str]:
+def progress_fields(metrics: dict[str, float]) -> dict[str, str]:
+    """What the progress bar shows of a step's metrics."""
     fields = {"loss": f"{metrics['loss']:.4f}"}
     if "divergence" in metrics:
         fields["kl"] = f"{metrics['divergence']:.4f}"
     if "generated_tokens_per_s" in metrics:
         fields["tok/s"] = f"{metrics['generated_tokens_per_s']:.0f}"
     return fields
+
+
+def progress_line(step: int, total: int, metrics: dict[str, float], elapsed_s: float, first_step: int = 0) -> str:
+    """The progress bar as one log line, for logs that are not a terminal (Dagster's run log): the step, the
+    bar's fields, and the pace and ETA since `first_step` (where this process started; a resumed run's earlier
+    steps took no time here)."""
+    pace = elapsed_s / max(step - first_step, 1)
+    fields = {"step": f"{step}/{total}", **progress_fields(metrics), "s/step": f"{pace:.1f}",
+              "ETA": format_duration((total - step) * pace)}
+    return "  ".join(f"{name} {value}" for name, value in fields.items())
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

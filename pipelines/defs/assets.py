@@ -15,7 +15,15 @@ import pydantic
 
 from pipelines.config import config_class, to_dataclass
 from pipelines.defs.resources import Compute, MlflowRegistry, SkillData, tags_json
-from pipelines.metadata import delta_plot, lineage, markdown_table, png_markdown
+from pipelines.metadata import (
+    delta_plot,
+    lineage,
+    markdown_table,
+    png_markdown,
+    skill_versus_prior_plot,
+    table_metadata,
+    training_curve_plot,
+)
 from pipelines.partitions import SKILL_CHAIN, skills
 from sdft_core.config import PromptConfig, TrainConfig, with_overrides
 from sdft_core.curation import CurationConfig, curate_skill, save_curated
@@ -214,8 +222,16 @@ def sdft_model(context: dg.AssetExecutionContext, config: TrainRunConfig, teache
         for result in invocation.get_results():
             metadata |= dict(result.metadata or {})
     source = registry.log_model_dir(run_id, model_dir)
+    history = _all_metrics(run_dir / "metrics.jsonl")
+    if history:
+        curve = run_dir / "plots" / "training_curve.png"
+        curve.parent.mkdir(exist_ok=True)
+        curve.write_bytes(training_curve_plot(history, f"{value['skill']}: {train_config.method} from "
+                                                       f"{parent['label']}"))
+        client.log_artifact(run_id, str(curve), "plots")
+        metadata["training_curve"] = png_markdown(curve.read_bytes(), "loss and KL by step")
     client.set_terminated(run_id, status="FINISHED")
-    final = _last_metrics(run_dir / "metrics.jsonl")
+    final = history[-1] if history else {}
     out = {**value, "run_id": run_id, "run_key": run_key, "model_dir": str(model_dir), "model_source": source,
            "train_config": train_config.to_dict()}
     return dg.Output(out, metadata={
@@ -240,8 +256,11 @@ def benchmark_evaluation(context: dg.AssetExecutionContext, config: EvaluationRu
     prior_limits = {task: config.prior_limit for task in config.prior_tasks}
     plan = (file_md5(value["eval_path"]), config.model_dump())
     results: dict[str, dict[str, TaskResult]] = {}
-    for who, model, label in (("parent", value["parent"]["model"], value["parent"]["label"]),
-                              ("candidate", value["model_dir"], f"run:{value['run_id']}")):
+    models = [("parent", value["parent"]["model"], value["parent"]["label"]),
+              ("candidate", value["model_dir"], f"run:{value['run_id']}")]
+    if value["parent"]["version"] is not None:  # the base model too, for the picture (cached like the others)
+        models.append(("base", registry.base_model, f"base:{registry.base_model}"))
+    for who, model, label in models:
         folder = skill_data.work("evals", _key(label, plan))
         cache = folder / "results.json"
         if cache.exists():
@@ -266,6 +285,13 @@ def benchmark_evaluation(context: dg.AssetExecutionContext, config: EvaluationRu
     out_dir = skill_data.work(skill, "runs", value["run_key"], "evaluation")
     png = delta_plot(rows, f"{skill}: candidate vs parent ({value['parent']['label']})")
     (out_dir / "deltas.png").write_bytes(png)
+    labels = {"parent": f"parent {value['parent']['label']}", "candidate": "SDFT candidate", "base": "base"}
+    if value["parent"]["version"] is None:
+        labels["parent"] = "base (parent)"
+    points = {labels[who]: (average({t: scores[t] for t in config.prior_tasks}) if config.prior_tasks
+                            else float("nan"), scores[skill].score) for who, scores in results.items()}
+    picture = skill_versus_prior_plot(points, f"{skill}: new skill against prior capabilities")
+    (out_dir / "skill_vs_prior.png").write_bytes(picture)
     (out_dir / "comparison.json").write_text(json.dumps(rows, indent=2))
     summary = {"new_skill": {"candidate": candidate[skill].score, "parent": parent[skill].score},
                "prior_average": {"candidate": average(prior_candidate) if prior_candidate else float("nan"),
@@ -274,16 +300,17 @@ def benchmark_evaluation(context: dg.AssetExecutionContext, config: EvaluationRu
     client = registry.client()
     client.log_batch(value["run_id"], metrics=_metrics(candidate, "eval") + _metrics(parent, "parent_eval"))
     client.log_artifacts(value["run_id"], str(out_dir), "evaluation")
-    table = [{"benchmark": r["task"], "parent": f"{100 * r['base']:.1f}", "candidate": f"{100 * r['candidate']:.1f}",
-              "delta": f"{100 * r['delta']:+.1f}",
-              "delta 95% CI": f"[{100 * r['delta_ci'][0]:+.1f}, {100 * r['delta_ci'][1]:+.1f}]"} for r in rows]
+    deltas = [{"benchmark": r["task"], "parent": round(100 * r["base"], 2), "candidate": round(100 * r["candidate"], 2),
+               "delta": round(100 * r["delta"], 2), "delta_ci_low": round(100 * r["delta_ci"][0], 2),
+               "delta_ci_high": round(100 * r["delta_ci"][1], 2)} for r in rows]
     return dg.Output({**value, "evaluation": summary, "comparison": rows, "comparison_path":
                       str(out_dir / "comparison.json")}, metadata={
         **lineage(value), "mlflow_run_id": value["run_id"], "parent": value["parent"]["label"],
         "new_skill_candidate": summary["new_skill"]["candidate"], "new_skill_parent": summary["new_skill"]["parent"],
         "prior_average_candidate": summary["prior_average"]["candidate"],
         "prior_average_parent": summary["prior_average"]["parent"],
-        "deltas": dg.MetadataValue.md(markdown_table(table)), "plot": png_markdown(png, "per-benchmark deltas"),
+        "deltas": table_metadata(deltas), "plot": png_markdown(png, "per-benchmark deltas"),
+        "skill_vs_prior": png_markdown(picture, "new skill against prior-capability average"),
         "comparison": dg.MetadataValue.path(str(out_dir / "comparison.json"))})
 
 
@@ -342,9 +369,8 @@ def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _last_metrics(path: Path) -> dict[str, float]:
-    lines = path.read_text().splitlines() if path.exists() else []
-    return json.loads(lines[-1]) if lines else {}
+def _all_metrics(path: Path) -> list[dict[str, float]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
 
 
 def _metrics(results: dict, prefix: str) -> list:

@@ -129,8 +129,16 @@ def test_chain_registers_a_champion_with_lineage(chain):
     assert [m.step for m in history] == [1, 2]
     assert (Path(version.source.removeprefix("file://")) / "model.safetensors").exists()
     evaluation = metadata(chain.first, "benchmark_evaluation")
-    assert 0.0 <= evaluation["new_skill_candidate"] <= 1.0 and "prior average" in evaluation["deltas"]
-    assert "data:image/png;base64," in evaluation["plot"]
+    assert 0.0 <= evaluation["new_skill_candidate"] <= 1.0
+    deltas = {record.data["benchmark"]: record.data for record in evaluation["deltas"].records}  # table metadata
+    assert set(deltas) == {"toy (new skill)", "arc_easy", "boolq", "prior average"}
+    assert deltas["toy (new skill)"]["candidate"] == round(100 * evaluation["new_skill_candidate"], 2)
+    for picture in ("plot", "skill_vs_prior"):
+        assert "data:image/png;base64," in evaluation[picture]
+    assert "data:image/png;base64," in metadata(chain.first, "sdft_model")["training_curve"]
+    client = chain.registry.client()
+    assert "plots/training_curve.png" in {a.path for a in client.list_artifacts(version.run_id, "plots")}
+    assert "evaluation/skill_vs_prior.png" in {a.path for a in client.list_artifacts(version.run_id, "evaluation")}
     for asset in ("demonstrations", "curated_demonstrations", "sdft_model", "registered_model"):
         assert metadata(chain.first, asset)["dvc_skill_md5"] == dvc_dir_md5(folder)
 
@@ -215,6 +223,27 @@ def test_main_command_does_not_retrain_a_skill_the_champion_holds(chain, monkeyp
     assert re.search(r"^\s+1\s+\S*champion\S*\s+toy\s+true", out, re.M) and "make ui" in out, out
     assert (tmp_path / "dagster" / "dagster.yaml").read_text().count("DefaultRunCoordinator") == 1
     assert main(["run", "--skill", "nope"]) == 2
+
+
+def test_status_prints_per_skill_the_champion_version_that_learned_it_its_data_hash_and_scores(chain, monkeypatch,
+                                                                                               capsys):
+    from pipelines.cli import main
+
+    monkeypatch.setenv("SDFT_DATA_DIR", str(chain.data))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", chain.registry.tracking_uri)
+    toy = dvc_dir_md5(chain.data / "skills" / "toy")
+    champion = chain.registry.client().get_model_version(chain.registry.model_name, "1")
+    capsys.readouterr()
+    assert main(["status"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "champion: sdft/1"
+    assert lines[1].split()[:3] == ["skill", "learned", "by"]
+    rows = {line.split()[0]: line for line in lines[2:]}
+    new_skill = f"{100 * float(champion.tags['eval.new_skill']):.1f}"
+    prior = f"{100 * float(champion.tags['eval.prior_average']):.1f}"
+    assert rows["toy"].split() == ["toy", "sdft/1", toy, toy, new_skill, prior, "up", "to", "date"]
+    assert rows["second"].split()[0:2] == ["second", dvc_dir_md5(chain.data / "skills" / "second")]
+    assert rows["second"].endswith("not in champion (a candidate was registered)")  # version 2 failed its gate
 
 
 def test_sensor_adds_new_skills_and_requests_each_data_version_once(tmp_path):
