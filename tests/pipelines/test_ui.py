@@ -125,12 +125,12 @@ RUNS = "{ runsOrError(limit: 10) { ... on Runs { results { runId status tags { k
 
 
 def chromium() -> str:
-    """Debian's chromium for Playwright; CI (SDFT_REQUIRE_BROWSER=1) fails without it, a laptop skips."""
+    """Debian's chromium for Playwright; CI (SDFT_REQUIRE_SYSTEM_TOOLS=1) fails without it, a laptop skips."""
     path = shutil.which("chromium")
     if path is None or importlib.util.find_spec("playwright") is None:
-        if os.environ.get("SDFT_REQUIRE_BROWSER"):
+        if os.environ.get("SDFT_REQUIRE_SYSTEM_TOOLS"):
             raise AssertionError("the browser test needs Debian's chromium (apt-get install chromium) and playwright")
-        pytest.skip("no chromium here (apt-get install chromium); CI installs it and sets SDFT_REQUIRE_BROWSER=1")
+        pytest.skip("no chromium here (apt-get install chromium); CI installs it and sets SDFT_REQUIRE_SYSTEM_TOOLS=1")
     return path
 
 

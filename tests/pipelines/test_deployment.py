@@ -1,0 +1,167 @@
+"""docker/: what can be checked without a Docker engine. The compose file's structure, the Dockerfiles' inputs,
+and the deployment's own Dagster instance config (docker/dagster.yaml) with a real PostgreSQL as Dagster's storage
+and as the backend store of a real MLflow server, running the pipeline end to end."""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+
+from pipelines.defs.resources import MlflowRegistry
+from tests.pipelines.test_pipeline import Env, toy_skill_rows, write_skill
+from tests.pipelines.test_ui import free_port, group_alive
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKER = ROOT / "docker"
+
+
+def test_compose_file_runs_postgres_mlflow_and_dagster_on_our_images_published_on_loopback_only():
+    compose = yaml.safe_load((DOCKER / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert set(services) == {"postgres", "mlflow", "dagster-webserver", "dagster-daemon"}
+    assert services["postgres"]["image"].startswith("postgres:")
+    assert {services[name]["image"] for name in ("mlflow", "dagster-webserver", "dagster-daemon")} == {
+        "sdft-train", "sdft-dagster"}
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            assert port.startswith("127.0.0.1:"), (name, port)
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            assert source in compose["volumes"] or (DOCKER / source).exists(), (name, volume)
+        for dependency, condition in service.get("depends_on", {}).items():
+            assert dependency in services and condition["condition"] in ("service_healthy", "service_started")
+    # Dagster's storage and MLflow's backend store are the postgres service; the pipeline talks to the MLflow server
+    environment = services["dagster-daemon"]["environment"]
+    assert environment == services["dagster-webserver"]["environment"]
+    assert environment["DAGSTER_PG_HOST"] == "postgres" and environment["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    mlflow_command = services["mlflow"]["command"]
+    assert "--serve-artifacts" in mlflow_command
+    assert mlflow_command[mlflow_command.index("--backend-store-uri") + 1].endswith("@postgres:5432/mlflow")
+    assert "CREATE DATABASE mlflow" in (DOCKER / "postgres-init.sql").read_text()
+    # the daemon launches the runs, so it holds the GPUs and the artifact volume
+    devices = services["dagster-daemon"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"]
+    assert all("artifacts:/artifacts" in services[n]["volumes"] for n in ("mlflow", "dagster-daemon"))
+    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        subprocess.run(["docker", "compose", "-f", str(DOCKER / "docker-compose.yml"), "config", "-q"], check=True)
+
+
+@pytest.mark.parametrize("dockerfile", ["train.Dockerfile", "dagster.Dockerfile"])
+def test_every_file_a_dockerfile_copies_is_in_the_repository(dockerfile):
+    copies = re.findall(r"^COPY\s+(.+)$", (DOCKER / dockerfile).read_text(), re.M)
+    assert copies
+    for line in copies:
+        for source in line.split()[:-1]:
+            assert (ROOT / source).exists(), f"{dockerfile}: COPY {source}"
+    accelerate = {path.name: yaml.safe_load(path.read_text()) for path in (DOCKER / "accelerate").glob("*.yaml")}
+    assert accelerate["single_gpu.yaml"]["num_processes"] == 1
+    assert accelerate["multi_gpu.yaml"]["distributed_type"] == "MULTI_GPU"
+
+
+def postgres_bin() -> Path:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        if os.environ.get("SDFT_REQUIRE_SYSTEM_TOOLS"):
+            raise AssertionError("the deployment test needs PostgreSQL (apt-get install postgresql)")
+        pytest.skip("no PostgreSQL here (apt-get install postgresql); CI installs it")
+    return Path(found[-1]).parent
+
+
+class Postgres:
+    """A throwaway PostgreSQL cluster on 127.0.0.1 (as the postgres user when this runs as root)."""
+
+    def __init__(self):
+        self.bin, self.port = postgres_bin(), free_port()
+        self.as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        # outside pytest's private (0700) tmp tree: the postgres user must reach it
+        self.base = Path(tempfile.mkdtemp(prefix="sdft-postgres-"))
+        self.base.chmod(0o755)
+        self.dir = self.base / "pgdata"
+
+    def run(self, *command: str) -> None:
+        subprocess.run([*self.as_owner, *command], check=True, capture_output=True, text=True)
+
+    def __enter__(self) -> Postgres:
+        self.dir.mkdir()
+        if self.as_owner:
+            shutil.chown(self.dir, "postgres")
+        self.run(str(self.bin / "initdb"), "-D", str(self.dir), "-U", "sdft", "--auth=trust")
+        self.run(str(self.bin / "pg_ctl"), "-D", str(self.dir), "-w", "-l", str(self.dir / "server.log"), "-o",
+                 f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.dir}", "start")
+        for database in ("dagster", "mlflow"):
+            self.run(str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "sdft", database)
+        return self
+
+    def uri(self, database: str) -> str:
+        return f"postgresql+psycopg2://sdft@127.0.0.1:{self.port}/{database}"  # the driver dagster-postgres uses too
+
+    def query(self, database: str, sql: str) -> str:
+        psql = [str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "sdft", "-d",
+                database, "-tAc", sql]
+        return subprocess.run(psql, check=True, capture_output=True, text=True).stdout.strip()
+
+    def __exit__(self, *exc) -> None:
+        subprocess.run([*self.as_owner, str(self.bin / "pg_ctl"), "-D", str(self.dir), "-m", "fast", "stop"],
+                       capture_output=True)
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
+def test_the_pipeline_runs_on_the_deployments_dagster_yaml_with_postgres_and_an_mlflow_server(tmp_path,
+                                                                                              monkeypatch):
+    with Postgres() as postgres:
+        for key, value in {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(postgres.port),
+                           "DAGSTER_PG_USER": "sdft", "DAGSTER_PG_PASSWORD": "", "DAGSTER_PG_DB": "dagster"}.items():
+            monkeypatch.setenv(key, value)
+        home = tmp_path / "dagster"
+        home.mkdir()
+        shutil.copy(DOCKER / "dagster.yaml", home / "dagster.yaml")
+        mlflow_port = free_port()
+        server = subprocess.Popen(
+            [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", postgres.uri("mlflow"),
+             "--serve-artifacts", "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1",
+             "--port", str(mlflow_port)], cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL,
+            stderr=(tmp_path / "mlflow.log").open("w"))
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{mlflow_port}/health", timeout=2)
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline and server.poll() is None, (tmp_path / "mlflow.log").read_text()
+                    time.sleep(0.5)
+            env = Env(tmp_path)
+            env.registry = MlflowRegistry(tracking_uri=f"http://127.0.0.1:{mlflow_port}", base_model=str(env.model),
+                                          model_cache=str(tmp_path / "models"))
+            env.resources["registry"] = env.registry
+            write_skill(env.data / "skills" / "toy", toy_skill_rows(12))
+            with dg.DagsterInstance.from_config(str(home)) as instance:
+                assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+                assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+                result = env.materialize(instance, "toy")
+                assert result.success
+            assert postgres.query("dagster", f"select status from runs where run_id = '{result.run_id}'") == "SUCCESS"
+            assert env.champion() == 1
+            version = env.versions()[0]
+            assert version.source.startswith("mlflow-artifacts:")  # uploaded through the server, onto its volume
+            assert any((tmp_path / "artifacts").rglob("model.safetensors"))
+            assert postgres.query("mlflow", "select count(*) from model_versions") == "1"
+        finally:
+            if group_alive(server.pid):
+                os.killpg(server.pid, signal.SIGTERM)
+                server.wait(timeout=30)
+            if group_alive(server.pid):
+                os.killpg(server.pid, signal.SIGKILL)
