@@ -26,6 +26,11 @@ run_coordinator:
   class: DefaultRunCoordinator
 telemetry:
   enabled: false
+# sdft_core's own log lines (e.g. preparing the embedded model) go to the run's log too
+python_logs:
+  managed_python_loggers:
+    - sdft_core
+  python_log_level: INFO
 """
 
 

@@ -4,10 +4,24 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import dagster as dg
+
+
+def progress_log(log, label: str, every_s: float = 30.0, clock=time.monotonic) -> Callable[[str, int, int], None]:
+    """An evaluation progress callback for the run's log: each task's end, and one line per `every_s` at most
+    within a task."""
+    last = [clock()]
+
+    def report(task: str, done: int, total: int) -> None:
+        now = clock()
+        if done == total or now - last[0] >= every_s:
+            log.info(f"evaluating {label}: {task} {done}/{total}")
+            last[0] = now
+    return report
 
 
 def lineage(value: dict[str, Any]) -> dict[str, Any]:

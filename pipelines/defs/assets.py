@@ -20,6 +20,7 @@ from pipelines.metadata import (
     lineage,
     markdown_table,
     png_markdown,
+    progress_log,
     skill_versus_prior_plot,
     table_metadata,
     training_curve_plot,
@@ -269,7 +270,7 @@ def benchmark_evaluation(context: dg.AssetExecutionContext, config: EvaluationRu
             continue
         results[who] = evaluate_model(model, {skill: (eval_records, spec["scorer"], spec["max_new_tokens"])},
                                       prior_limits, output_dir=folder, benchmarks_dir=skill_data.benchmarks_dir(),
-                                      batch_size=config.batch_size)
+                                      batch_size=config.batch_size, progress=progress_log(context.log, who))
         cache.write_text(json.dumps({k: r.to_dict() for k, r in results[who].items()}))
 
     parent, candidate = results["parent"], results["candidate"]

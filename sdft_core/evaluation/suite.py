@@ -155,18 +155,21 @@ def evaluate_suite(model, tokenizer, tasks: Mapping[str, int | None] | Sequence[
 
 def evaluate_model(model_spec: str, skills: Mapping[str, tuple[Sequence[dict], str, int]],
                    prior_limits: Mapping[str, int | None], output_dir: str | Path | None = None,
-                   benchmarks_dir: str | Path | None = None, batch_size: int = 16) -> dict[str, TaskResult]:
-    """Load a model once and score it on skills ({name: (eval records, scorer, max_new_tokens)}) and prior tasks."""
+                   benchmarks_dir: str | Path | None = None, batch_size: int = 16,
+                   progress: Progress | None = None) -> dict[str, TaskResult]:
+    """Load a model once and score it on skills ({name: (eval records, scorer, max_new_tokens)}) and prior tasks;
+    `progress(task, done, total)` after every batch."""
     import gc
 
     from ..models import load_inference_model, load_tokenizer
 
     tokenizer, model = load_tokenizer(model_spec), load_inference_model(model_spec)
     results = {name: evaluate_records(model, tokenizer, name, records, scorer, max_new_tokens, output_dir,
-                                      batch_size)
+                                      batch_size, progress)
                for name, (records, scorer, max_new_tokens) in skills.items()}
     if prior_limits:
-        results |= evaluate_suite(model, tokenizer, prior_limits, output_dir, benchmarks_dir, batch_size=batch_size)
+        results |= evaluate_suite(model, tokenizer, prior_limits, output_dir, benchmarks_dir, batch_size=batch_size,
+                                  progress=progress)
     del model
     gc.collect()
     return results

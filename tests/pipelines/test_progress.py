@@ -36,3 +36,17 @@ def test_training_progress_reaches_the_run_log_first_step_then_every_30_s_and_la
     logged_steps = [int(line.split()[1].split("/")[0]) for line in pipes.log.lines[1:]]
     assert logged_steps == [1, 16, 31, 46, 61, 76, 91, 100]
     assert pipes.log.lines[2] == "step 16/100  loss 0.0625  s/step 2.0  ETA 2m48s"
+
+
+def test_evaluation_progress_reaches_the_run_log_at_each_tasks_end_and_every_30_s_within_one():
+    from pipelines.metadata import progress_log
+
+    now = [0.0]
+    log = RecordedLog()
+    report = progress_log(log, "candidate", every_s=30, clock=lambda: now[0])
+    for done in range(16, 401, 16):  # 25 batches of 16 items, 5 s each
+        now[0] += 5.0
+        report("hellaswag", min(done, 400), 400)
+    report("boolq", 16, 16)
+    assert log.lines == [f"evaluating candidate: hellaswag {n}/400" for n in (96, 192, 288, 384, 400)] + [
+        "evaluating candidate: boolq 16/16"]
