@@ -44,6 +44,15 @@ def commands(home: Path, tracking_uri: str, dagster_port: int, mlflow_port: int)
     }
 
 
+def create_storage(home: Path) -> None:
+    """Create the instance's tables before the servers start: on a fresh instance the webserver and the daemon
+    would each create the SQLite schedule tables, and one of them fails ("table instigators already exists")."""
+    import dagster as dg
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.run_storage, instance.event_log_storage, instance.schedule_storage  # noqa: B018 - opening creates
+
+
 def answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
@@ -101,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     home = dagster_home()
+    create_storage(home)
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
     dagster_url, mlflow_url = f"http://127.0.0.1:{args.dagster_port}", f"http://127.0.0.1:{args.mlflow_port}"
     processes: dict[str, subprocess.Popen] = {}
