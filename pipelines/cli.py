@@ -117,22 +117,10 @@ def _print_versions(registry) -> None:
               f"{scores[0]:>9} {scores[1]:>6}  {tags.get('parent', '')}")
 
 
-def champion_lineage(registry) -> list:
-    """The champion, its parent, its parent's parent, ... (model versions, newest first; empty without one)."""
-    client = registry.client()
-    version = registry.version_by_alias("champion")
-    lineage = []
-    while version is not None:
-        lineage.append(version)
-        parent = version.tags.get("parent_version")
-        version = client.get_model_version(registry.model_name, parent) if parent else None
-    return lineage
-
-
 def status_rows(registry, skill_data) -> list[dict[str, str]]:
     """One row per skill (on disk or in the champion): the version in the champion's lineage that learned it,
     the data hash it learned from against the folder's current one, and its scores at registration."""
-    lineage = champion_lineage(registry)
+    lineage = list(registry.champion_lineage())
     on_disk = set(skill_data.skills())
     rows = []
     for skill in sorted(on_disk | {v.tags["skill"] for v in lineage if "skill" in v.tags}):

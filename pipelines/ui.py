@@ -80,7 +80,7 @@ def stop(processes: dict[str, subprocess.Popen]) -> None:
             print(f"{name} did not stop within {GRACE_S:.0f} s: killing it", flush=True)
         # the group's other processes too (code servers, gunicorn workers), and until they are gone
         deadline = time.monotonic() + 5.0
-        while _group_alive(process.pid) and time.monotonic() < deadline:
+        while group_alive(process.pid) and time.monotonic() < deadline:
             try:
                 os.killpg(process.pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -89,7 +89,7 @@ def stop(processes: dict[str, subprocess.Popen]) -> None:
             process.poll()  # reap the leader: a zombie still counts as a member of its group
 
 
-def _group_alive(pgid: int) -> bool:
+def group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
         return True

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -209,17 +210,21 @@ class MlflowRegistry(dg.ConfigurableResource):
         self.set_alias("champion", int(previous))
         return {"champion": int(previous), "previous": int(champion.version), "changed": True}
 
-    def champion_has(self, skill: str, skill_md5: str) -> int | None:
-        """The version in the champion's ancestry (itself, its parent, ...) trained on this skill at this data
-        version, if any: the skill is already in the champion."""
+    def champion_lineage(self) -> Iterator:
+        """The champion, its parent, its parent's parent, ... (model versions, newest first, fetched as the
+        caller goes on; none without a champion)."""
         version = self.version_by_alias("champion")
         client = self.client()
         while version is not None:
-            if version.tags.get("skill") == skill and version.tags.get("dvc_skill_md5") == skill_md5:
-                return int(version.version)
+            yield version
             parent = version.tags.get("parent_version")
             version = client.get_model_version(self.model_name, parent) if parent else None
-        return None
+
+    def champion_has(self, skill: str, skill_md5: str) -> int | None:
+        """The version in the champion's ancestry (itself, its parent, ...) trained on this skill at this data
+        version, if any: the skill is already in the champion."""
+        return next((int(v.version) for v in self.champion_lineage()
+                     if v.tags.get("skill") == skill and v.tags.get("dvc_skill_md5") == skill_md5), None)
 
     def latest_version_tags(self, skill: str) -> dict[str, str] | None:
         """Tags of the newest version trained on `skill` (None when the skill was never registered)."""

@@ -8,12 +8,10 @@ import glob
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import dagster as dg
@@ -21,8 +19,9 @@ import pytest
 import yaml
 
 from pipelines.defs.resources import MlflowRegistry
+from pipelines.ui import answers, stop
 from tests.pipelines.test_pipeline import Env, toy_skill_rows, write_skill
-from tests.pipelines.test_ui import free_port, group_alive
+from tests.pipelines.test_ui import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -136,13 +135,9 @@ def test_the_pipeline_runs_on_the_deployments_dagster_yaml_with_postgres_and_an_
             stderr=(tmp_path / "mlflow.log").open("w"))
         try:
             deadline = time.monotonic() + 120
-            while True:
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{mlflow_port}/health", timeout=2)
-                    break
-                except OSError:
-                    assert time.monotonic() < deadline and server.poll() is None, (tmp_path / "mlflow.log").read_text()
-                    time.sleep(0.5)
+            while not answers(f"http://127.0.0.1:{mlflow_port}/health"):
+                assert time.monotonic() < deadline and server.poll() is None, (tmp_path / "mlflow.log").read_text()
+                time.sleep(0.5)
             env = Env(tmp_path)
             env.registry = MlflowRegistry(tracking_uri=f"http://127.0.0.1:{mlflow_port}", base_model=str(env.model),
                                           model_cache=str(tmp_path / "models"))
@@ -160,8 +155,4 @@ def test_the_pipeline_runs_on_the_deployments_dagster_yaml_with_postgres_and_an_
             assert any((tmp_path / "artifacts").rglob("model.safetensors"))
             assert postgres.query("mlflow", "select count(*) from model_versions") == "1"
         finally:
-            if group_alive(server.pid):
-                os.killpg(server.pid, signal.SIGTERM)
-                server.wait(timeout=30)
-            if group_alive(server.pid):
-                os.killpg(server.pid, signal.SIGKILL)
+            stop({"mlflow server": server})

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from pipelines.ui import group_alive
 from tests.pipelines.test_pipeline import toy_skill_rows, write_skill
 from tests.tiny import save_tiny_model
 
@@ -41,14 +42,6 @@ def listening_addresses(port: int) -> set[str]:
             if state == "0A" and int(port_hex, 16) == port:  # 0A: LISTEN
                 found.add(address)
     return found
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except ProcessLookupError:
-        return False
 
 
 class UI:
