@@ -108,15 +108,21 @@ def prompt_pass(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.T
     return PromptPass(prompt_ids, prompt_mask, cache, out.hidden_states[-1][:, -1], out.logits[:, -1].detach())
 
 
-class GenericDecoder:
-    """Any causal LM through its own forward and a dynamic KV cache."""
+class _Decoder:
+    """Both decoders: `prefill` runs the model's forward over the prompts, then `start`s decoding from it."""
 
-    def __init__(self, model: nn.Module):
-        self.model = model
+    model: nn.Module
 
     def prefill(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return self.start(prompt_pass(self.model, prompt_ids, prompt_mask))
+
+
+class GenericDecoder(_Decoder):
+    """Any causal LM through its own forward and a dynamic KV cache."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
 
     def start(self, prompt: PromptPass) -> torch.Tensor:
         """Decode on from a prompt pass; its cache is left as it is (decoding appends to a detached copy)."""
@@ -148,7 +154,7 @@ def _interleaved_pairs(head_dim: int) -> torch.Tensor:
     return torch.stack([torch.arange(half), torch.arange(half, head_dim)], dim=-1).flatten()
 
 
-class LeanDecoder:
+class LeanDecoder(_Decoder):
     """Llama-family decoding with a static KV cache [layers][rows, kv_heads, max_length, head_dim].
 
     Weights are read from the model at construction (cast once to the autocast dtype under CUDA autocast), so a
@@ -240,10 +246,6 @@ class LeanDecoder:
         h32 = h.float()
         norm = torch.linalg.vector_norm(h32, dim=-1, keepdim=True)
         return (h32 * norm.square_().add_(self.hidden_size * self.eps).rsqrt_()).to(self.dtype)
-
-    def prefill(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return self.start(prompt_pass(self.model, prompt_ids, prompt_mask))
 
     @torch.no_grad()
     def start(self, prompt: PromptPass) -> torch.Tensor:
