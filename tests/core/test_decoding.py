@@ -1,10 +1,12 @@
 import pytest
 import torch
 
+from sdft_core import cpu_matmul
 from sdft_core.config import LoraSettings
 from sdft_core.decoding import GenericDecoder, LeanDecoder, lean_unsupported_reason, make_decoder
 from sdft_core.models import apply_lora
 from sdft_core.rollout import pad, sample_completions, sample_key
+from tests.core.test_cpu_matmul import require_kernel
 from tests.tiny import make_model, make_tokenizer
 
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]]
@@ -39,15 +41,22 @@ def run(decoder, prompt_ids, prompt_mask, tokens):
     return torch.stack(logits, dim=1)
 
 
+@pytest.mark.parametrize("products", ["kernel", "torch"])
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
-def test_lean_decoder_gives_the_models_own_logits(tokenizer, family):
+def test_lean_decoder_gives_the_models_own_logits(tokenizer, family, products, monkeypatch):
+    if products == "kernel":
+        require_kernel()
+    else:
+        monkeypatch.setattr(cpu_matmul, "kernel", lambda: None)
     model = (make_model(tokenizer, layers=3, init_std=0.2) if family == "llama" else qwen2_model(tokenizer)).eval()
     assert lean_unsupported_reason(model) is None
     prompt_ids, prompt_mask = pad(PROMPTS, tokenizer.pad_token_id, "left")
     forced = [torch.tensor([3 + i, 40 + i, 7]) for i in range(6)]
     max_length = prompt_ids.shape[1] + len(forced)
+    decoder = LeanDecoder(model, 3, max_length)
+    assert (decoder.kernel is not None) == (products == "kernel")
     with torch.no_grad():
-        lean = run(LeanDecoder(model, 3, max_length), prompt_ids, prompt_mask, forced)
+        lean = run(decoder, prompt_ids, prompt_mask, forced)
         generic = run(GenericDecoder(model), prompt_ids, prompt_mask, forced)
         # and the full forward of each whole sequence, one row at a time without padding (no cache at all)
         for row, prompt in enumerate(PROMPTS):
