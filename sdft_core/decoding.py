@@ -211,7 +211,8 @@ class LeanDecoder(_Decoder):
                                device=self.device)
         self.length = 0
         self.skinny = self.device.type == "cpu" and rows <= _SKINNY_ROWS
-        self.kernel = cpu_matmul.kernel() if self.skinny and self.dtype == torch.float32 else None
+        use_kernel = self.skinny and rows <= cpu_matmul.MAX_ROWS and self.dtype == torch.float32
+        self.kernel = cpu_matmul.kernel() if use_kernel else None
         self.use_graph = cuda_graphs and self.device.type == "cuda"
         self.graph = None
 

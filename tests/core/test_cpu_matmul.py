@@ -29,7 +29,7 @@ def fresh_kernel(monkeypatch, tmp_path):
     cpu_matmul.kernel.cache_clear()
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 7, 8, 9, 13])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 7, 8, 9, cpu_matmul.MAX_ROWS])
 @pytest.mark.parametrize("depth, columns", [(8, 1), (576, 65), (1536, 130)])
 def test_the_kernel_matches_a_float64_product(rows, depth, columns):
     kernel = require_kernel()
@@ -65,6 +65,7 @@ def test_the_kernel_refuses_what_it_cannot_multiply():
         kernel(x, weight)
     assert not kernel.accepts(torch.randn(4, 16, dtype=torch.bfloat16), torch.randn(10, 16, dtype=torch.bfloat16))
     assert not kernel.accepts(torch.randn(4, 16), torch.randn(16, 10).T)  # a transposed weight
+    assert not kernel.accepts(torch.randn(cpu_matmul.MAX_ROWS + 1, 16), torch.randn(10, 16))
     assert kernel.accepts(torch.randn(4, 16), torch.randn(10, 16))
 
 
