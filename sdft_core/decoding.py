@@ -225,17 +225,21 @@ class LeanDecoder(_Decoder):
         dtype. A part given with a head count (q, k) has its rows in rotary-pair order; the first part's rows are
         times `query_scale`. Biases likewise (zeros for linears without one), or None if none has one."""
         weights, biases = [], []
-        for index, (linear, heads) in enumerate(parts):
-            weight, bias = linear.weight.detach().float(), linear.bias
+        for linear, heads in parts:
+            weight, bias = linear.weight.detach(), linear.bias
             bias = torch.zeros(linear.out_features, device=weight.device) if bias is None else bias.detach().float()
             if heads is not None:
                 order = self.pair_order
                 weight = weight.view(heads, self.head_dim, -1)[:, order].reshape(weight.shape)
                 bias = bias.view(heads, self.head_dim)[:, order].reshape(bias.shape)
-            scale = query_scale if index == 0 else 1.0
-            weights.append(weight * scale)
-            biases.append(bias * scale)
-        weight = (torch.cat(weights) * (norm_weight.detach().float() * self.hidden_size ** 0.5)).to(self.dtype)
+            weights.append(weight)
+            biases.append(bias)
+        # In place on the one new copy: a rollout rebuilds these from every layer's weights.
+        weight = torch.cat(weights).float().mul_(norm_weight.detach().float() * self.hidden_size ** 0.5)
+        first = parts[0][0].out_features
+        weight[:first].mul_(query_scale)
+        biases[0] = biases[0] * query_scale
+        weight = weight.to(self.dtype)
         if all(linear.bias is None for linear, _ in parts):
             return weight, None
         return weight, torch.cat(biases).to(self.dtype)
