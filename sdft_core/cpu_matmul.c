@@ -1,7 +1,7 @@
 /* y = x @ w.T for a few rows of x (float32, AVX2 + FMA, OpenMP), the products of a CPU decode step.
  *
- * With 1-32 rows such a product reads each weight once and does little arithmetic per byte, so its speed is the
- * speed at which the weights stream from memory. One weight row at a time is one sequential stream per thread,
+ * With a few rows such a product reads each weight once and does little arithmetic per byte, so its speed is
+ * the speed at which the weights stream from memory. One weight row at a time is one sequential stream per thread,
  * with a software prefetch a little ahead; each weight row is applied to the rows of x in groups of four (four
  * accumulators, x stays in L1). Built and loaded by cpu_matmul.py. */
 #include <immintrin.h>

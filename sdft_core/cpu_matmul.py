@@ -37,7 +37,7 @@ MAX_ROWS = 12
 
 
 class SkinnyMatmul:
-    """The loaded kernel: `self(x, weight)` is x @ weight.T for contiguous float32 CPU tensors."""
+    """The loaded kernel: `self(x, weight)` is x @ weight.T for float32 CPU tensors that it `accepts`."""
 
     def __init__(self, library: ctypes.CDLL):
         self._function = library.skinny_matmul
