@@ -329,25 +329,30 @@ class LeanDecoder(_Decoder):
             return self._step(self.static_tokens, self.static_positions, self.static_slot, self.max_length)
 
         try:
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):  # warm-up outside the graph (lazy inits, workspaces); writes only this slot
-                    full_step()
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self.static_logits = full_step()
+            self.graph, self.static_logits = self._record(full_step)
         except RuntimeError as err:
             log.warning("CUDA graph capture failed, decoding without it: %s", err)
             self.use_graph = False
             return False
-        self.graph = graph
         return True
+
+    @staticmethod
+    def _record(step) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        """`step` captured as a CUDA graph, and the tensor its replays write their output to."""
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm-up outside the graph (lazy inits, workspaces); writes only this slot
+                step()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            output = step()
+        return graph, output
 
     def _graph_step(self, tokens: torch.Tensor) -> torch.Tensor:
         self.static_tokens.copy_(tokens)
         self.static_positions.copy_(self.positions)
         self.static_slot.fill_(self.length)
         self.graph.replay()
-        return self.static_logits
+        return self.static_logits.clone()  # the next replay overwrites static_logits

@@ -67,6 +67,34 @@ def test_lean_decoder_gives_the_models_own_logits(tokenizer, family, products, m
     torch.testing.assert_close(lean, generic, atol=2e-5, rtol=1e-4)
 
 
+class EagerReplay:
+    """Stands in for a CUDA graph on CPU: each replay runs the recorded step again into the same output tensor."""
+
+    def __init__(self, step):
+        self.step = step
+        self.output = step()
+
+    def replay(self):
+        self.output.copy_(self.step())
+
+
+def test_the_cuda_graph_step_gives_the_eager_steps_logits(tokenizer, monkeypatch):
+    """What a captured graph replays: the step over the whole static cache, masked, with the slot, positions and
+    tokens read from tensors. Run on CPU by replaying the recorded step eagerly."""
+    model = qwen2_model(tokenizer).eval()
+    prompt_ids, prompt_mask = pad(PROMPTS, tokenizer.pad_token_id, "left")
+    forced = [torch.tensor([3 + i, 40 + i, 7]) for i in range(6)]
+    max_length = prompt_ids.shape[1] + len(forced) + 3  # unwritten slots stay masked
+    monkeypatch.setattr(LeanDecoder, "_record", staticmethod(lambda step: (replay := EagerReplay(step), replay.output)))
+    graphed = LeanDecoder(model, 3, max_length)
+    graphed.use_graph = True
+    with torch.no_grad():
+        replayed = run(graphed, prompt_ids, prompt_mask, forced)
+        eager = run(LeanDecoder(model, 3, max_length), prompt_ids, prompt_mask, forced)
+    assert isinstance(graphed.graph, EagerReplay)
+    torch.testing.assert_close(replayed, eager, atol=2e-5, rtol=1e-4)
+
+
 def test_lean_decoder_refuses_to_write_past_its_cache(tokenizer):
     model = make_model(tokenizer).eval()
     prompt_ids, prompt_mask = pad(PROMPTS, tokenizer.pad_token_id, "left")
