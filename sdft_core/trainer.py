@@ -329,6 +329,11 @@ class Trainer:
                              timings: dict[str, float]) -> dict[str, float]:
         sums = {"loss": 0.0, "token_value_sum": 0.0, "loss_tokens": 0.0}
         micro = self.config.micro_batch_size
+        if len(rows) > micro:
+            # Rows of similar length share a micro-batch, so less of each forward is padding. Micro-batches are
+            # equal in size and every row keeps its weight, so the step's gradient does not change.
+            order = sorted(range(len(rows)), key=lambda i: self._forward_length(rows[i][0], completions[i]))
+            rows, completions = [rows[i] for i in order], [completions[i] for i in order]
         for index, start in enumerate(range(0, len(rows), micro)):
             last = index == self.accumulation_steps - 1
             with self._gradient_sync(last):
@@ -336,6 +341,11 @@ class Trainer:
             for key in sums:
                 sums[key] += out[key]
         return sums
+
+    def _forward_length(self, example: Example, completion: list[int]) -> int:
+        """Tokens in the longest forward a row takes part in: the teacher's under SDFT, else the student's."""
+        prompt = example.teacher_ids if self.config.method == "sdft" else example.student_ids
+        return len(prompt) + len(completion)
 
     def _gradient_sync(self, enabled: bool):
         if self.fsdp:

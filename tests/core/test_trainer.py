@@ -277,6 +277,34 @@ def test_the_prompt_pass_taken_for_sampling_is_the_prompt_part_of_the_training_f
         torch.testing.assert_close(grads["reused"][name], want, rtol=1e-4, atol=1e-6 * want.abs().max().item())
 
 
+def test_micro_batches_hold_rows_of_similar_length_and_the_gradient_is_the_whole_batchs(peaky_model_dir, records,
+                                                                                         tmp_path):
+    whole = Trainer(config(peaky_model_dir, tmp_path / "whole", micro_batch_size=4), records)
+    whole.reuse_prompt_pass = False
+    split = Trainer(config(peaky_model_dir, tmp_path / "split", micro_batch_size=2), records)
+    grads, micro_batches, samples = {}, {}, {}
+    for name, trainer in (("whole", whole), ("split", split)):
+        rows = trainer.step_rows(0)
+        samples[name] = trainer.rollouts(rows, {})
+        seen = micro_batches.setdefault(name, [])
+        micro_step = trainer.micro_step
+
+        def spied(part, completions, timings, trainer=trainer, micro_step=micro_step, seen=seen):
+            seen.append([trainer._forward_length(ex, c) for (ex, _), c in zip(part, completions)])
+            return micro_step(part, completions, timings)
+
+        trainer.micro_step = spied
+        trainer.accumulate_gradients(rows, samples[name], {})
+        grads[name] = {n: p.grad.clone() for n, p in trainer.lm.named_parameters()}
+    assert samples["whole"] == samples["split"]
+    first, second = micro_batches["split"]
+    assert sorted(first + second) == sorted(micro_batches["whole"][0])
+    assert max(first) <= min(second)  # the shorter rows together, then the longer ones
+    assert len(set(micro_batches["whole"][0])) > 2  # lengths differ, so the grouping is a real reordering
+    for name, want in grads["whole"].items():
+        torch.testing.assert_close(grads["split"][name], want, rtol=1e-4, atol=1e-6 * want.abs().max().item())
+
+
 @pytest.mark.parametrize("overrides", [dict(micro_batch_size=2), dict(gradient_checkpointing=True), dict(method="sft"),
                                        dict(lora=LoraSettings(r=4, alpha=8, dropout=0.1))])
 def test_the_prompt_pass_is_run_again_where_reusing_it_would_hold_or_change_too_much(peaky_model_dir, records,
