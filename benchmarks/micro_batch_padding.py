@@ -39,7 +39,7 @@ def main() -> None:
     completion = [0] * args.new_tokens
     real = sampled = grouped = 0
     for step in range(args.steps):
-        lengths = [trainer._forward_length(example, completion) for example, _ in trainer.step_rows(step)]
+        lengths = [trainer.forward_length(example, completion) for example, _ in trainer.step_rows(step)]
         real += sum(lengths)
         sampled += padded_tokens(lengths, args.micro_batch)
         grouped += padded_tokens(sorted(lengths), args.micro_batch)

@@ -332,7 +332,7 @@ class Trainer:
         if len(rows) > micro:
             # Rows of similar length share a micro-batch, so less of each forward is padding. Micro-batches are
             # equal in size and every row keeps its weight, so the step's gradient does not change.
-            order = sorted(range(len(rows)), key=lambda i: self._forward_length(rows[i][0], completions[i]))
+            order = sorted(range(len(rows)), key=lambda i: self.forward_length(rows[i][0], completions[i]))
             rows, completions = [rows[i] for i in order], [completions[i] for i in order]
         for index, start in enumerate(range(0, len(rows), micro)):
             last = index == self.accumulation_steps - 1
@@ -342,7 +342,7 @@ class Trainer:
                 sums[key] += out[key]
         return sums
 
-    def _forward_length(self, example: Example, completion: list[int]) -> int:
+    def forward_length(self, example: Example, completion: list[int]) -> int:
         """Tokens in the longest forward a row takes part in: the teacher's under SDFT, else the student's."""
         prompt = example.teacher_ids if self.config.method == "sdft" else example.student_ids
         return len(prompt) + len(completion)

@@ -290,7 +290,7 @@ def test_micro_batches_hold_rows_of_similar_length_and_the_gradient_is_the_whole
         micro_step = trainer.micro_step
 
         def spied(part, completions, timings, trainer=trainer, micro_step=micro_step, seen=seen):
-            seen.append([trainer._forward_length(ex, c) for (ex, _), c in zip(part, completions)])
+            seen.append([trainer.forward_length(ex, c) for (ex, _), c in zip(part, completions)])
             return micro_step(part, completions, timings)
 
         trainer.micro_step = spied
