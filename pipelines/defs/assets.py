@@ -225,12 +225,12 @@ def sdft_model(context: dg.AssetExecutionContext, config: TrainRunConfig, teache
     source = registry.log_model_dir(run_id, model_dir)
     history = _all_metrics(run_dir / "metrics.jsonl")
     if history:
+        png = training_curve_plot(history, f"{value['skill']}: {train_config.method} from {parent['label']}")
         curve = run_dir / "plots" / "training_curve.png"
         curve.parent.mkdir(exist_ok=True)
-        curve.write_bytes(training_curve_plot(history, f"{value['skill']}: {train_config.method} from "
-                                                       f"{parent['label']}"))
+        curve.write_bytes(png)
         client.log_artifact(run_id, str(curve), "plots")
-        metadata["training_curve"] = png_markdown(curve.read_bytes(), "loss and KL by step")
+        metadata["training_curve"] = png_markdown(png, "loss and KL by step")
     client.set_terminated(run_id, status="FINISHED")
     final = history[-1] if history else {}
     out = {**value, "run_id": run_id, "run_key": run_key, "model_dir": str(model_dir), "model_source": source,
