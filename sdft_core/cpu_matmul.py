@@ -45,10 +45,15 @@ class SkinnyMatmul:
         self._function.restype = ctypes.c_int
 
     @staticmethod
-    def accepts(x: torch.Tensor, weight: torch.Tensor) -> bool:
-        return (x.dtype == weight.dtype == torch.float32 and x.device.type == weight.device.type == "cpu"
-                and x.dim() == weight.dim() == 2 and x.shape[1] == weight.shape[1] and x.shape[1] % 8 == 0
-                and 0 < x.shape[0] <= MAX_ROWS and weight.shape[0] > 0 and weight.is_contiguous())
+    def takes_weight(weight: torch.Tensor) -> bool:
+        """Whether some x can be multiplied by this weight (a caller can decide once per weight)."""
+        return (weight.dtype == torch.float32 and weight.device.type == "cpu" and weight.dim() == 2
+                and weight.shape[0] > 0 and weight.shape[1] % 8 == 0 and weight.is_contiguous())
+
+    @classmethod
+    def accepts(cls, x: torch.Tensor, weight: torch.Tensor) -> bool:
+        return (cls.takes_weight(weight) and x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 2
+                and x.shape[1] == weight.shape[1] and 0 < x.shape[0] <= MAX_ROWS)
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if not self.accepts(x, weight):

@@ -212,7 +212,10 @@ class LeanDecoder(_Decoder):
         self.length = 0
         self.skinny = self.device.type == "cpu" and rows <= _SKINNY_ROWS
         use_kernel = self.skinny and rows <= cpu_matmul.MAX_ROWS and self.dtype == torch.float32
-        self.kernel = cpu_matmul.kernel() if use_kernel else None
+        kernel = cpu_matmul.kernel() if use_kernel else None
+        weights = [weight for layer in self.layers for weight, _ in layer.values()] + [self.head[0]]
+        # Decided once: every product of a step then runs in the kernel (which still checks each call).
+        self.kernel = kernel if kernel is not None and all(map(kernel.takes_weight, weights)) else None
         self.use_graph = cuda_graphs and self.device.type == "cuda"
         self.graph = None
 
@@ -245,7 +248,7 @@ class LeanDecoder(_Decoder):
         return weight, torch.cat(biases).to(self.dtype)
 
     def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if self.kernel is not None and self.kernel.accepts(x, weight):
+        if self.kernel is not None:
             out = self.kernel(x, weight)
         elif self.skinny:  # a column-major view; elementwise ops and .contiguous() make it row-major
             out = _skinny_linear(x, weight)

@@ -67,6 +67,7 @@ def test_the_kernel_refuses_what_it_cannot_multiply():
     assert not kernel.accepts(torch.randn(4, 16), torch.randn(16, 10).T)  # a transposed weight
     assert not kernel.accepts(torch.randn(cpu_matmul.MAX_ROWS + 1, 16), torch.randn(10, 16))
     assert kernel.accepts(torch.randn(4, 16), torch.randn(10, 16))
+    assert not kernel.takes_weight(torch.randn(10, 12)) and kernel.takes_weight(torch.randn(10, 16))
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")

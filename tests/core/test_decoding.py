@@ -67,6 +67,24 @@ def test_lean_decoder_gives_the_models_own_logits(tokenizer, family, products, m
     torch.testing.assert_close(lean, generic, atol=2e-5, rtol=1e-4)
 
 
+def test_a_model_with_weights_the_kernel_cannot_take_decodes_with_torchs_products(tokenizer):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    require_kernel()
+    torch.manual_seed(2)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=12, intermediate_size=20, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, pad_token_id=tokenizer.pad_token_id)
+    model = LlamaForCausalLM(config).eval()  # 12 and 20 are not multiples of 8
+    prompt_ids, prompt_mask = pad(PROMPTS, tokenizer.pad_token_id, "left")
+    forced = [torch.tensor([3 + i, 40 + i, 7]) for i in range(4)]
+    decoder = LeanDecoder(model, 3, prompt_ids.shape[1] + len(forced))
+    assert decoder.kernel is None
+    with torch.no_grad():
+        lean = run(decoder, prompt_ids, prompt_mask, forced)
+        generic = run(GenericDecoder(model), prompt_ids, prompt_mask, forced)
+    torch.testing.assert_close(lean, generic, atol=2e-5, rtol=1e-4)
+
+
 class EagerReplay:
     """Stands in for a CUDA graph on CPU: each replay runs the recorded step again into the same output tensor."""
 
