@@ -1,18 +1,22 @@
 """The model side of on-policy sampling: prefill a batch of prompts, then one token per row per step.
 
-Two decoders share one interface (`prefill`, or `start` from a prompt pass already taken; then `step`):
+Three decoders share one interface (`prefill`, or `start` from a prompt pass already taken; then `step`):
 
-- `LeanDecoder`, for Llama-family models (Llama, Qwen2) whose projections are plain `nn.Linear`: a static KV
-  cache and a decode step written out layer by layer, with none of the generic forward's per-call work (mask
-  building, cache bookkeeping, output objects). On CPU a decode step is a chain of skinny matrix products
-  (a few rows against each weight), as fast as the weights stream from memory: they run in `cpu_matmul`'s AVX2
-  kernel where it builds, else as `weight @ x.T`, which streams them 2-3x faster than `x @ weight.T` in torch.
-  On CUDA the step is captured once per rollout as a CUDA graph, so a step costs one launch instead of hundreds.
+- `NativeDecoder`, for Llama-family models (Llama, Qwen2) in float32 on an x86-64 CPU with AVX2, at up to
+  `cpu_kernels.MAX_ROWS` rows: a static KV cache and each step one call into `cpu_kernels`' `decode_step`, which
+  reads the model's own weights in place. On CPU a decode step is a chain of skinny matrix products (a few rows
+  against each weight), as fast as the weights stream from memory, plus a few hundred small ops that in torch
+  each cost a dispatch; in the kernel they cost next to nothing.
+- `LeanDecoder`, for the same models elsewhere (CUDA, more rows, other dtypes): a static KV cache and a decode
+  step written out layer by layer in torch, with none of the generic forward's per-call work (mask building,
+  cache bookkeeping, output objects). On CUDA the step is captured once per rollout as a CUDA graph, so a step
+  costs one launch instead of hundreds. On CPU its products run as `weight @ x.T`, which streams the weights 2-3x
+  faster than `x @ weight.T` in torch (or in `cpu_kernels`' skinny product where that takes them).
 - `GenericDecoder`: any other model (LoRA adapters, other architectures, wrappers), through its own forward with
   a dynamic cache.
 
-Both start from a `PromptPass`, the model's own forward over the prompts (so every padding and attention rule is
-the model's), and both give the same logits up to floating-point summation order.
+All start from a `PromptPass`, the model's own forward over the prompts (so every padding and attention rule is
+the model's), and all give the same logits up to floating-point summation order.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import cpu_matmul
+from . import cpu_kernels
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +63,35 @@ def lean_unsupported_reason(model: nn.Module) -> str | None:
     return None
 
 
+def native_unsupported_reason(model: nn.Module, rows: int) -> str | None:
+    """Why `model` cannot decode `rows` rows with `NativeDecoder`, or None when it can."""
+    reason = lean_unsupported_reason(model)
+    if reason is not None:
+        return reason
+    if rows > cpu_kernels.MAX_ROWS:
+        return f"{rows} rows (the CPU kernels take up to {cpu_kernels.MAX_ROWS}; MKL is faster beyond)"
+    if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in model.parameters()):
+        return "parameters that are not float32 on the CPU"
+    config, base = model.config, model.model
+    if getattr(config, "hidden_act", None) not in ("silu", "swish"):
+        return f"activation {getattr(config, 'hidden_act', None)!r} (the CPU step computes SiLU)"
+    head_dim = _head_dim(config)
+    widths = {"hidden": config.hidden_size, "head": head_dim, "intermediate": config.intermediate_size}
+    if any(width % 8 for width in widths.values()):
+        return f"widths {widths} (the CPU step takes multiples of 8)"
+    if model.lm_head.weight.shape[0] != base.embed_tokens.weight.shape[0]:
+        return "an output head and an embedding of different vocabularies"
+    if not all(p.is_contiguous() for p in model.parameters()):
+        return "non-contiguous parameters"
+    if cpu_kernels.library() is None:
+        return f"the CPU kernels are unavailable ({cpu_kernels.unavailable_reason() or 'their build failed'})"
+    return None
+
+
 def make_decoder(model: nn.Module, rows: int, max_length: int, *, cuda_graphs: bool = True):
-    """The lean decoder when the model allows it, else the generic one."""
+    """The native decoder when the model and the machine allow it, else the lean one, else the generic one."""
+    if native_unsupported_reason(model, rows) is None:
+        return NativeDecoder(model, rows, max_length)
     if lean_unsupported_reason(model) is None:
         return LeanDecoder(model, rows, max_length, cuda_graphs=cuda_graphs)
     return GenericDecoder(model)
@@ -81,6 +112,10 @@ def _transformers_cache_name() -> str:
     from transformers import LlamaForCausalLM
 
     return "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
+
+
+def _head_dim(config) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
 def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -146,6 +181,81 @@ class GenericDecoder(_Decoder):
                           use_cache=True).logits[:, -1]
 
 
+class NativeDecoder(_Decoder):
+    """Llama-family decoding on an x86-64 CPU (see `native_unsupported_reason`): a static KV cache
+    [layers][rows, kv_heads, max_length, head_dim] and each step one call into `cpu_kernels`' `decode_step`.
+
+    The kernel reads the model's parameters where they are (no copies), so a decoder serves one rollout: build a
+    new one after the weights change."""
+
+    def __init__(self, model: nn.Module, rows: int, max_length: int):
+        base, config = model.model, model.config
+        self.model, self.rows, self.max_length = model, rows, max_length
+        self.kernel = cpu_kernels.decode_step()
+        if self.kernel is None:
+            raise RuntimeError(f"the CPU kernels are unavailable: {cpu_kernels.unavailable_reason()}")
+        head_dim, kv_heads = _head_dim(config), config.num_key_value_heads
+        shape = (len(base.layers), rows, kv_heads, max_length, head_dim)
+        self.keys, self.values = torch.zeros(shape), torch.zeros(shape)
+        self.attention_bias = torch.full((rows, max_length), float("-inf"))  # 0 where a row may attend
+        cos, sin = base.rotary_emb(self.keys, torch.arange(max_length)[None])  # the model's own, by position
+        self.cos, self.sin = cos[0].float().contiguous(), sin[0].float().contiguous()
+
+        def detached(tensor):
+            return None if tensor is None else tensor.detach()
+
+        self.layer_tensors = []  # held here: the kernel's pointer table points into them
+        for index, layer in enumerate(base.layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            linears = dict(q=attn.q_proj, k=attn.k_proj, v=attn.v_proj, o=attn.o_proj, gate=mlp.gate_proj,
+                           up=mlp.up_proj, down=mlp.down_proj)
+            tensors = {name: linear.weight.detach() for name, linear in linears.items()}
+            tensors.update({f"{name}_bias": detached(linear.bias) for name, linear in linears.items()})
+            tensors.update(input_norm=layer.input_layernorm.weight.detach(),
+                           post_attention_norm=layer.post_attention_layernorm.weight.detach(),
+                           keys=self.keys[index], values=self.values[index])
+            self.layer_tensors.append(tensors)
+        self.table = self.kernel.layer_table(self.layer_tensors)
+        self.embed, self.final_norm = base.embed_tokens.weight.detach(), base.norm.weight.detach()
+        self.head, self.head_bias = model.lm_head.weight.detach(), detached(model.lm_head.bias)
+        self.eps, self.scale = config.rms_norm_eps, base.layers[0].self_attn.scaling
+        self.dims = self.kernel.dims(rows=rows, hidden=config.hidden_size, heads=config.num_attention_heads,
+                                     kv_heads=kv_heads, head_dim=head_dim, intermediate=config.intermediate_size,
+                                     vocab=self.head.shape[0], max_length=max_length, layers=len(base.layers),
+                                     slot=0, threads=torch.get_num_threads())
+        self.workspace = self.kernel.workspace(self.dims)
+        self.length = 0
+
+    @torch.no_grad()
+    def start(self, prompt: PromptPass) -> torch.Tensor:
+        """Decode on from a prompt pass: its keys and values are copied into the static cache."""
+        width = prompt.prompt_ids.shape[1]
+        for index, layer in enumerate(prompt.cache.layers):
+            self.keys[index, :, :, :width] = layer.keys
+            self.values[index, :, :, :width] = layer.values
+        self.attention_bias[:, :width].masked_fill_(prompt.prompt_mask.bool(), 0.0)
+        self.length = width
+        self.positions = prompt.prompt_mask.sum(-1)  # the next token's position in each row
+        return prompt.logits
+
+    @torch.no_grad()
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        _check_room(self.length, self.max_length)
+        self.dims[self.kernel.DIMS.index("slot")] = self.length  # the step opens this slot to attention
+        logits = torch.empty(self.rows, self.head.shape[0])
+        self.kernel(self.dims, self.eps, self.scale, self.table, tokens.to(torch.int64).contiguous(),
+                    self.positions, self.embed, self.final_norm, self.head, self.head_bias, self.cos, self.sin,
+                    self.attention_bias, self.workspace, logits)
+        self.positions += 1
+        self.length += 1
+        return logits
+
+
+def _check_room(length: int, max_length: int) -> None:
+    if length >= max_length:
+        raise RuntimeError(f"the static cache holds {max_length} positions; all are used")
+
+
 def _skinny_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x @ weight.T for a few rows of x on CPU, as weight @ x.T; the result is a transposed (column-major) view."""
     return torch.mm(weight, x.T).T
@@ -182,7 +292,7 @@ class LeanDecoder(_Decoder):
         self.eps = config.rms_norm_eps
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.head_dim = _head_dim(config)
         self.hidden_size = config.hidden_size
         self.act = base.layers[0].mlp.act_fn
         self.q_width, self.kv_width = self.heads * self.head_dim, self.kv_heads * self.head_dim
@@ -211,8 +321,8 @@ class LeanDecoder(_Decoder):
                                device=self.device)
         self.length = 0
         self.skinny = self.device.type == "cpu" and rows <= _SKINNY_ROWS
-        use_kernel = self.skinny and rows <= cpu_matmul.MAX_ROWS and self.dtype == torch.float32
-        kernel = cpu_matmul.kernel() if use_kernel else None
+        use_kernel = self.skinny and rows <= cpu_kernels.MAX_ROWS and self.dtype == torch.float32
+        kernel = cpu_kernels.kernel() if use_kernel else None
         weights = [weight for layer in self.layers for weight, _ in layer.values()] + [self.head[0]]
         # Decided once: every product of a step then runs in the kernel (which still checks each call).
         self.kernel = kernel if kernel is not None and all(map(kernel.takes_weight, weights)) else None
@@ -277,8 +387,7 @@ class LeanDecoder(_Decoder):
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        if self.length >= self.max_length:
-            raise RuntimeError(f"the static cache holds {self.max_length} positions; all are used")
+        _check_room(self.length, self.max_length)
         self.bias[..., self.length] = 0.0
         if self.use_graph and (self.graph is not None or self._capture(tokens)):
             logits = self._graph_step(tokens)

@@ -1,12 +1,13 @@
 import pytest
 import torch
 
-from sdft_core import cpu_matmul
+from sdft_core import cpu_kernels
 from sdft_core.config import LoraSettings
-from sdft_core.decoding import GenericDecoder, LeanDecoder, lean_unsupported_reason, make_decoder
+from sdft_core.decoding import (GenericDecoder, LeanDecoder, NativeDecoder, lean_unsupported_reason, make_decoder,
+                                native_unsupported_reason)
 from sdft_core.models import apply_lora
 from sdft_core.rollout import pad, sample_completions, sample_key
-from tests.core.test_cpu_matmul import require_kernel
+from tests.core.test_cpu_kernels import require_kernel
 from tests.tiny import make_model, make_tokenizer
 
 PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]]
@@ -28,6 +29,25 @@ def qwen2_model(tokenizer):
     return model
 
 
+def llama_with_every_bias(tokenizer):
+    """Llama with biases on all seven projections (attention_bias, mlp_bias) and an untied head."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(3)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=48, intermediate_size=88, num_hidden_layers=2,
+                         num_attention_heads=6, num_key_value_heads=3, head_dim=16, attention_bias=True,
+                         mlp_bias=True, tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.normal_(0.0, 0.3)
+    return model
+
+
+FAMILIES = {"llama": lambda tokenizer: make_model(tokenizer, layers=3, init_std=0.2), "qwen2": qwen2_model,
+            "llama_biases": llama_with_every_bias}
+
+
 @pytest.fixture(scope="module")
 def tokenizer():
     return make_tokenizer()
@@ -47,7 +67,7 @@ def test_lean_decoder_gives_the_models_own_logits(tokenizer, family, products, m
     if products == "kernel":
         require_kernel()
     else:
-        monkeypatch.setattr(cpu_matmul, "kernel", lambda: None)
+        monkeypatch.setattr(cpu_kernels, "kernel", lambda: None)
     model = (make_model(tokenizer, layers=3, init_std=0.2) if family == "llama" else qwen2_model(tokenizer)).eval()
     assert lean_unsupported_reason(model) is None
     prompt_ids, prompt_mask = pad(PROMPTS, tokenizer.pad_token_id, "left")
@@ -55,7 +75,7 @@ def test_lean_decoder_gives_the_models_own_logits(tokenizer, family, products, m
     max_length = prompt_ids.shape[1] + len(forced)
     decoder = LeanDecoder(model, 3, max_length)
     assert (decoder.kernel is not None) == (products == "kernel")
-    assert LeanDecoder(model, cpu_matmul.MAX_ROWS + 1, max_length).kernel is None  # MKL is faster there
+    assert LeanDecoder(model, cpu_kernels.MAX_ROWS + 1, max_length).kernel is None  # MKL is faster there
     with torch.no_grad():
         lean = run(decoder, prompt_ids, prompt_mask, forced)
         generic = run(GenericDecoder(model), prompt_ids, prompt_mask, forced)
@@ -65,6 +85,65 @@ def test_lean_decoder_gives_the_models_own_logits(tokenizer, family, products, m
             full = model(input_ids=sequence).logits[0, len(prompt) - 1:]
             torch.testing.assert_close(lean[row], full, atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(lean, generic, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_native_decoder_gives_the_models_own_logits(tokenizer, family, threads):
+    require_kernel()
+    model = FAMILIES[family](tokenizer).eval()
+    assert native_unsupported_reason(model, 3) is None
+    prompt_ids, prompt_mask = pad(PROMPTS, tokenizer.pad_token_id, "left")
+    forced = [torch.tensor([3 + i, 40 + i, 7]) for i in range(6)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        decoder = make_decoder(model, 3, prompt_ids.shape[1] + len(forced) + 2)  # two slots stay unwritten
+        assert isinstance(decoder, NativeDecoder)
+        with torch.no_grad():
+            native = run(decoder, prompt_ids, prompt_mask, forced)
+            generic = run(GenericDecoder(model), prompt_ids, prompt_mask, forced)
+            for row, prompt in enumerate(PROMPTS):  # each whole sequence alone, without padding or a cache
+                sequence = torch.tensor([prompt + [int(t[row]) for t in forced]])
+                full = model(input_ids=sequence).logits[0, len(prompt) - 1:]
+                torch.testing.assert_close(native[row], full, atol=2e-5, rtol=1e-4)
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(native, generic, atol=2e-5, rtol=1e-4)
+
+
+def test_native_decoder_refuses_tokens_outside_the_vocabulary(tokenizer):
+    require_kernel()
+    model = make_model(tokenizer).eval()
+    prompt_ids, prompt_mask = pad(PROMPTS, tokenizer.pad_token_id, "left")
+    decoder = NativeDecoder(model, 3, prompt_ids.shape[1] + 4)
+    decoder.prefill(prompt_ids, prompt_mask)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        decoder.step(torch.tensor([1, len(tokenizer), 3]))
+
+
+def test_decoders_are_chosen_by_what_the_model_and_machine_allow(tokenizer, monkeypatch):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    require_kernel()
+    model = make_model(tokenizer)
+    assert isinstance(make_decoder(model, cpu_kernels.MAX_ROWS, 16), NativeDecoder)
+    assert isinstance(make_decoder(model, cpu_kernels.MAX_ROWS + 1, 16), LeanDecoder)  # MKL is faster there
+    assert "rows" in native_unsupported_reason(model, cpu_kernels.MAX_ROWS + 1)
+    gelu = LlamaForCausalLM(LlamaConfig(**{**model.config.to_dict(), "hidden_act": "gelu"}))
+    assert "activation 'gelu'" in native_unsupported_reason(gelu, 2)
+    assert isinstance(make_decoder(gelu, 2, 16), LeanDecoder)
+    assert "float32" in native_unsupported_reason(make_model(tokenizer).to(torch.bfloat16), 2)
+    narrow = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=12, intermediate_size=20,
+                                          num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1))
+    assert "multiples of 8" in native_unsupported_reason(narrow, 2)
+    cpu_kernels.library.cache_clear()
+    monkeypatch.setenv("SDFT_CPU_KERNEL", "0")
+    try:
+        assert "SDFT_CPU_KERNEL=0" in native_unsupported_reason(model, 2)
+        assert isinstance(make_decoder(model, 2, 16), LeanDecoder)
+    finally:
+        cpu_kernels.library.cache_clear()
 
 
 def test_a_model_with_weights_the_kernel_cannot_take_decodes_with_torchs_products(tokenizer):
@@ -113,10 +192,13 @@ def test_the_cuda_graph_step_gives_the_eager_steps_logits(tokenizer, monkeypatch
     torch.testing.assert_close(replayed, eager, atol=2e-5, rtol=1e-4)
 
 
-def test_lean_decoder_refuses_to_write_past_its_cache(tokenizer):
+@pytest.mark.parametrize("kind", [LeanDecoder, NativeDecoder])
+def test_static_cache_decoders_refuse_to_write_past_their_cache(tokenizer, kind):
+    if kind is NativeDecoder:
+        require_kernel()
     model = make_model(tokenizer).eval()
     prompt_ids, prompt_mask = pad(PROMPTS, tokenizer.pad_token_id, "left")
-    decoder = LeanDecoder(model, 3, prompt_ids.shape[1] + 1)
+    decoder = kind(model, 3, prompt_ids.shape[1] + 1)
     decoder.prefill(prompt_ids, prompt_mask)
     decoder.step(torch.tensor([1, 2, 3]))
     with pytest.raises(RuntimeError, match="static cache"):
@@ -128,16 +210,21 @@ def test_models_the_lean_decoder_cannot_read_fall_back_to_their_own_forward(toke
     assert lean_unsupported_reason(model) is not None
     assert "LoRA" in lean_unsupported_reason(model.get_base_model())
     assert isinstance(make_decoder(model, 2, 16), GenericDecoder)
-    assert isinstance(make_decoder(make_model(tokenizer), 2, 16), LeanDecoder)
+    assert isinstance(make_decoder(make_model(tokenizer), 2, 16), (LeanDecoder, NativeDecoder))
 
 
-def test_sampling_gives_the_same_completions_through_either_decoder(tokenizer, monkeypatch):
-    """Same keys, same model: the lean path and the generic path sample identical tokens."""
+def test_sampling_gives_the_same_completions_through_every_decoder(tokenizer, monkeypatch):
+    """Same keys, same model: the native, lean and generic paths sample identical tokens."""
+    require_kernel()
     model = make_model(tokenizer, layers=2, init_std=0.2)
     keys = [sample_key(3, i) for i in range(len(PROMPTS))]
     kwargs = dict(pad_token_id=tokenizer.pad_token_id, eos_token_ids=[tokenizer.eos_token_id], max_new_tokens=16)
-    lean = sample_completions(model, PROMPTS, keys, **kwargs)
-    monkeypatch.setattr("sdft_core.rollout.make_decoder", lambda model, *a, **k: GenericDecoder(model))
-    generic = sample_completions(model, PROMPTS, keys, **kwargs)
-    assert torch.equal(lean.completion_ids, generic.completion_ids)
-    assert lean.completion_ids.shape[1] > 3
+    completions = {}
+    for kind in (NativeDecoder, LeanDecoder, GenericDecoder):
+        monkeypatch.setattr("sdft_core.rollout.make_decoder",
+                            lambda model, rows, length, kind=kind, **_: kind(model) if kind is GenericDecoder
+                            else kind(model, rows, length))
+        completions[kind.__name__] = sample_completions(model, PROMPTS, keys, **kwargs).completion_ids
+    assert torch.equal(completions["NativeDecoder"], completions["GenericDecoder"])
+    assert torch.equal(completions["LeanDecoder"], completions["GenericDecoder"])
+    assert completions["GenericDecoder"].shape[1] > 3

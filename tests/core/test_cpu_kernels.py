@@ -6,14 +6,14 @@ import sys
 import pytest
 import torch
 
-from sdft_core import cpu_matmul
+from sdft_core import cpu_kernels
 
 
-def require_kernel() -> cpu_matmul.SkinnyMatmul:
+def require_kernel() -> cpu_kernels.SkinnyMatmul:
     """The AVX2 kernel; CI (SDFT_REQUIRE_SYSTEM_TOOLS=1, x86-64 with a C compiler) fails without it, others skip."""
-    kernel = cpu_matmul.kernel()
+    kernel = cpu_kernels.kernel()
     if kernel is None:
-        reason = cpu_matmul.unavailable_reason() or "its build failed (see the log)"
+        reason = cpu_kernels.unavailable_reason() or "its build failed (see the log)"
         if os.environ.get("SDFT_REQUIRE_SYSTEM_TOOLS"):
             pytest.fail(f"the CPU matmul kernel is unavailable: {reason}")
         pytest.skip(f"the CPU matmul kernel is unavailable: {reason}")
@@ -24,12 +24,12 @@ def require_kernel() -> cpu_matmul.SkinnyMatmul:
 def fresh_kernel(monkeypatch, tmp_path):
     """kernel() rebuilt from scratch into an empty cache, and forgotten again afterwards."""
     monkeypatch.setenv("SDFT_CACHE_DIR", str(tmp_path))
-    cpu_matmul.kernel.cache_clear()
+    cpu_kernels.library.cache_clear()
     yield
-    cpu_matmul.kernel.cache_clear()
+    cpu_kernels.library.cache_clear()
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 7, 8, 9, cpu_matmul.MAX_ROWS])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 7, 8, 9, cpu_kernels.MAX_ROWS])
 @pytest.mark.parametrize("depth, columns", [(8, 1), (576, 65), (1536, 130)])
 def test_the_kernel_matches_a_float64_product(rows, depth, columns):
     kernel = require_kernel()
@@ -65,7 +65,7 @@ def test_the_kernel_refuses_what_it_cannot_multiply():
         kernel(x, weight)
     assert not kernel.accepts(torch.randn(4, 16, dtype=torch.bfloat16), torch.randn(10, 16, dtype=torch.bfloat16))
     assert not kernel.accepts(torch.randn(4, 16), torch.randn(16, 10).T)  # a transposed weight
-    assert not kernel.accepts(torch.randn(cpu_matmul.MAX_ROWS + 1, 16), torch.randn(10, 16))
+    assert not kernel.accepts(torch.randn(cpu_kernels.MAX_ROWS + 1, 16), torch.randn(10, 16))
     assert kernel.accepts(torch.randn(4, 16), torch.randn(10, 16))
     assert not kernel.takes_weight(torch.randn(10, 12)) and kernel.takes_weight(torch.randn(10, 16))
 
@@ -78,27 +78,27 @@ def test_the_kernel_shares_torchs_openmp_runtime():
 
 
 def test_a_kernel_that_cannot_be_built_falls_back_with_a_warning(fresh_kernel, monkeypatch, caplog):
-    if cpu_matmul.unavailable_reason() is not None:
-        pytest.skip(cpu_matmul.unavailable_reason())
+    if cpu_kernels.unavailable_reason() is not None:
+        pytest.skip(cpu_kernels.unavailable_reason())
     monkeypatch.setenv("CC", "false")  # a "compiler" that exits 1
-    with caplog.at_level(logging.WARNING, logger="sdft_core.cpu_matmul"):
-        assert cpu_matmul.kernel() is None
-    assert "building cpu_matmul.c failed" in caplog.text
+    with caplog.at_level(logging.WARNING, logger="sdft_core.cpu_kernels"):
+        assert cpu_kernels.kernel() is None
+    assert "building cpu_kernels.c failed" in caplog.text
 
 
 def test_the_kernel_is_built_once_into_the_cache_and_can_be_switched_off(fresh_kernel, monkeypatch, tmp_path):
     require_kernel()
-    cpu_matmul.kernel.cache_clear()
-    assert cpu_matmul.kernel() is not None
-    built = list((tmp_path / "kernels").glob("cpu_matmul-*.so"))
+    cpu_kernels.library.cache_clear()
+    assert cpu_kernels.kernel() is not None
+    built = list((tmp_path / "kernels").glob("cpu_kernels-*.so"))
     assert len(built) == 1 and list((tmp_path / "kernels").iterdir()) == built  # no scratch left behind
-    cpu_matmul.kernel.cache_clear()
+    cpu_kernels.library.cache_clear()
 
     def no_compiling(*args, **kwargs):
         raise AssertionError(f"compiled again: {args}")
 
-    monkeypatch.setattr(cpu_matmul.subprocess, "run", no_compiling)  # a second load finds the built library
-    assert cpu_matmul.kernel() is not None
-    cpu_matmul.kernel.cache_clear()
+    monkeypatch.setattr(cpu_kernels.subprocess, "run", no_compiling)  # a second load finds the built library
+    assert cpu_kernels.kernel() is not None
+    cpu_kernels.library.cache_clear()
     monkeypatch.setenv("SDFT_CPU_KERNEL", "0")
-    assert cpu_matmul.unavailable_reason() == "SDFT_CPU_KERNEL=0" and cpu_matmul.kernel() is None
+    assert cpu_kernels.unavailable_reason() == "SDFT_CPU_KERNEL=0" and cpu_kernels.kernel() is None
