@@ -30,7 +30,7 @@ def fresh_kernel(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 7, 8, 9, cpu_kernels.MAX_ROWS])
-@pytest.mark.parametrize("depth, columns", [(8, 1), (576, 65), (1536, 130)])
+@pytest.mark.parametrize("depth, columns", [(8, 1), (16, 71), (576, 65), (1536, 130)])
 def test_the_kernel_matches_a_float64_product(rows, depth, columns):
     kernel = require_kernel()
     generator = torch.Generator().manual_seed(rows * 1000 + depth + columns)
