@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 SOURCE = Path(__file__).with_suffix(".c")
 FLAGS = ("-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC", "-std=c11")
 LIBRARIES = ("-lm",)
-# Up to this many rows the kernels beat MKL's `weight @ x.T` on the embedded model's weights (2-core EPYC: 25 vs
-# 35 ms per decode step's products at 4 rows, 47 vs 93 at 12); at 16-24 rows they are even, at 32 MKL wins.
+# Up to this many rows `skinny_matmul` beats MKL's `weight @ x.T` on the embedded model's weights (2-core EPYC,
+# measured with one stream per thread: 25 vs 35 ms per decode step's products at 4 rows, 47 vs 93 at 12; even at
+# 16-24, MKL faster at 32). The whole-step kernel has its own limit, `decoding.NATIVE_MAX_ROWS`.
 MAX_ROWS = 12
 
 

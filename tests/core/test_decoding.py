@@ -3,8 +3,15 @@ import torch
 
 from sdft_core import cpu_kernels
 from sdft_core.config import LoraSettings
-from sdft_core.decoding import (GenericDecoder, LeanDecoder, NativeDecoder, lean_unsupported_reason, make_decoder,
-                                native_unsupported_reason)
+from sdft_core.decoding import (
+    NATIVE_MAX_ROWS,
+    GenericDecoder,
+    LeanDecoder,
+    NativeDecoder,
+    lean_unsupported_reason,
+    make_decoder,
+    native_unsupported_reason,
+)
 from sdft_core.models import apply_lora
 from sdft_core.rollout import pad, sample_completions, sample_key
 from tests.core.test_cpu_kernels import require_kernel
@@ -112,6 +119,21 @@ def test_native_decoder_gives_the_models_own_logits(tokenizer, family, threads):
     torch.testing.assert_close(native, generic, atol=2e-5, rtol=1e-4)
 
 
+def test_native_decoder_takes_rows_beyond_a_group_of_four(tokenizer):
+    """The kernel applies each weight row to the rows of x by fours; 9 rows leave a group of one."""
+    require_kernel()
+    model = qwen2_model(tokenizer).eval()
+    prompts = [PROMPTS[i % 3][: 2 + i % 5] for i in range(9)]
+    prompt_ids, prompt_mask = pad(prompts, tokenizer.pad_token_id, "left")
+    forced = [torch.arange(9) + 3 * i + 5 for i in range(4)]
+    decoder = make_decoder(model, 9, prompt_ids.shape[1] + len(forced))
+    assert isinstance(decoder, NativeDecoder)
+    with torch.no_grad():
+        native = run(decoder, prompt_ids, prompt_mask, forced)
+        generic = run(GenericDecoder(model), prompt_ids, prompt_mask, forced)
+    torch.testing.assert_close(native, generic, atol=2e-5, rtol=1e-4)
+
+
 def test_native_decoder_refuses_tokens_outside_the_vocabulary(tokenizer):
     require_kernel()
     model = make_model(tokenizer).eval()
@@ -127,9 +149,9 @@ def test_decoders_are_chosen_by_what_the_model_and_machine_allow(tokenizer, monk
 
     require_kernel()
     model = make_model(tokenizer)
-    assert isinstance(make_decoder(model, cpu_kernels.MAX_ROWS, 16), NativeDecoder)
-    assert isinstance(make_decoder(model, cpu_kernels.MAX_ROWS + 1, 16), LeanDecoder)  # MKL is faster there
-    assert "rows" in native_unsupported_reason(model, cpu_kernels.MAX_ROWS + 1)
+    assert isinstance(make_decoder(model, NATIVE_MAX_ROWS, 16), NativeDecoder)
+    assert isinstance(make_decoder(model, NATIVE_MAX_ROWS + 1, 16), LeanDecoder)  # MKL is faster there
+    assert "rows" in native_unsupported_reason(model, NATIVE_MAX_ROWS + 1)
     gelu = LlamaForCausalLM(LlamaConfig(**{**model.config.to_dict(), "hidden_act": "gelu"}))
     assert "activation 'gelu'" in native_unsupported_reason(gelu, 2)
     assert isinstance(make_decoder(gelu, 2, 16), LeanDecoder)

@@ -1,0 +1,64 @@
+"""Milliseconds per decode step of each decoder that can run the model, at several row counts.
+
+    .venv/bin/python benchmarks/decode_step.py --rows 1 4 12 32 64
+
+Each decoder starts from the same prompt pass (random ~70-token prompts) and takes --steps steps, in --rounds
+interleaved rounds; the median round is printed. This is what `decoding.NATIVE_MAX_ROWS` and
+`cpu_kernels.MAX_ROWS` were chosen from. Not a test: absolute times drift; compare within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from sdft_core.decoding import GenericDecoder, LeanDecoder, NativeDecoder, native_unsupported_reason, prompt_pass
+from sdft_core.models import load_model
+
+
+def step_ms(decoder, prompt, rows: int, steps: int) -> float:
+    decoder.start(prompt)
+    tokens = torch.arange(rows) + 100
+    start = time.perf_counter()
+    for _ in range(steps):
+        decoder.step(tokens)
+    return (time.perf_counter() - start) / steps * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--rows", type=int, nargs="+", default=[1, 4, 12, 32, 64])
+    parser.add_argument("--prompt-tokens", type=int, default=70)
+    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--generic", action="store_true", help="also time the model's own forward (slow)")
+    args = parser.parse_args()
+
+    model = load_model(args.model).eval()
+    print(f"{args.model}, {torch.get_num_threads()} threads; ms per decode step (median of {args.rounds} rounds "
+          f"of {args.steps} steps)")
+    kinds = [NativeDecoder, LeanDecoder] + ([GenericDecoder] if args.generic else [])
+    print(f"{'rows':>5} " + " ".join(f"{kind.__name__:>15}" for kind in kinds))
+    with torch.no_grad():
+        for rows in args.rows:
+            generator = torch.Generator().manual_seed(rows)
+            prompt_ids = torch.randint(100, model.config.vocab_size, (rows, args.prompt_tokens), generator=generator)
+            prompt = prompt_pass(model, prompt_ids, torch.ones_like(prompt_ids))
+            length = args.prompt_tokens + args.steps
+            times: dict[str, list[float]] = {kind.__name__: [] for kind in kinds}
+            for _ in range(args.rounds):
+                for kind in kinds:
+                    if kind is NativeDecoder and native_unsupported_reason(model, 1) is not None:
+                        continue
+                    decoder = GenericDecoder(model) if kind is GenericDecoder else kind(model, rows, length)
+                    times[kind.__name__].append(step_ms(decoder, prompt, rows, args.steps))
+            print(f"{rows:>5} " + " ".join(f"{statistics.median(t):>15.1f}" if t else f"{'-':>15}"
+                                           for t in times.values()))
+
+
+if __name__ == "__main__":
+    main()
