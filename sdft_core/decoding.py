@@ -221,7 +221,7 @@ class NativeDecoder(_Decoder):
         self.table = self.kernel.layer_table(self.layer_tensors)
         self.embed, self.final_norm = base.embed_tokens.weight.detach(), base.norm.weight.detach()
         self.head, self.head_bias = model.lm_head.weight.detach(), detached(model.lm_head.bias)
-        self.eps, self.scale = config.rms_norm_eps, base.layers[0].self_attn.scaling
+        self.eps, self.scale = config.rms_norm_eps, getattr(base.layers[0].self_attn, "scaling", head_dim ** -0.5)
         self.dims = self.kernel.dims(rows=rows, hidden=config.hidden_size, heads=config.num_attention_heads,
                                      kv_heads=kv_heads, head_dim=head_dim, intermediate=config.intermediate_size,
                                      vocab=self.head.shape[0], max_length=max_length, layers=len(base.layers),
