@@ -1,9 +1,9 @@
 /* Float32 kernels for decoding on an x86-64 CPU with AVX2 + FMA (OpenMP), built and loaded by cpu_kernels.py.
  *
  * With a few rows a product reads each weight once and does little arithmetic per byte, so a decode step is as
- * fast as the weights stream from memory. One weight row at a time is one sequential stream per thread, with a
- * software prefetch a little ahead; each weight row is applied to the rows of x in groups of four (four
- * accumulators, x stays in L1).
+ * fast as the weights stream from memory. Each thread reads two weight rows at a time from two places in the
+ * matrix (two sequential streams keep more reads in flight than one), with a software prefetch a little ahead,
+ * and applies them to the rows of x in groups of four (the accumulators are registers, x stays in L1).
  *
  * - skinny_matmul: y = x @ w.T for a few rows of x.
  * - decode_step: one decode step of a Llama-family model (RMSNorm, rotary attention over a static KV cache,

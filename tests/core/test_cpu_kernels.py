@@ -10,13 +10,14 @@ from sdft_core import cpu_kernels
 
 
 def require_kernel() -> cpu_kernels.SkinnyMatmul:
-    """The AVX2 kernel; CI (SDFT_REQUIRE_SYSTEM_TOOLS=1, x86-64 with a C compiler) fails without it, others skip."""
+    """The AVX2 kernels' skinny product; CI (SDFT_REQUIRE_SYSTEM_TOOLS=1, x86-64 with a C compiler) fails
+    without it, others skip."""
     kernel = cpu_kernels.kernel()
     if kernel is None:
-        reason = cpu_kernels.unavailable_reason() or "its build failed (see the log)"
+        reason = cpu_kernels.unavailable_reason() or "their build failed (see the log)"
         if os.environ.get("SDFT_REQUIRE_SYSTEM_TOOLS"):
-            pytest.fail(f"the CPU matmul kernel is unavailable: {reason}")
-        pytest.skip(f"the CPU matmul kernel is unavailable: {reason}")
+            pytest.fail(f"the CPU kernels are unavailable: {reason}")
+        pytest.skip(f"the CPU kernels are unavailable: {reason}")
     return kernel
 
 
