@@ -3,7 +3,8 @@
 A decode step multiplies a handful of rows against every weight of the model, so it is as fast as the weights
 stream from memory. In torch 2.13, MKL's float32 products stream them at about half the speed of a plain read
 at 4 rows, and the step's few hundred small ops (norms, rotations, attention over the cache) add a fixed cost per
-op. `cpu_kernels.c` reads each weight row once, in order, with a prefetch ahead:
+op. `cpu_kernels.c` reads each weight row once, two rows at a time from two places in the matrix, with a
+prefetch ahead:
 - `skinny_matmul`: x @ weight.T for a few rows of x (`SkinnyMatmul`);
 - `decode_step`: a whole decode step of a Llama-family model in one call and one OpenMP team (`DecodeStep`).
 
