@@ -184,7 +184,35 @@ class GenericDecoder(_Decoder):
                           use_cache=True).logits[:, -1]
 
 
-class NativeDecoder(_Decoder):
+class _StaticCacheDecoder(_Decoder):
+    """Decoders with a static KV cache `keys`/`values` [layers][rows, kv_heads, max_length, head_dim] and an
+    additive attention `bias` [rows, ..., max_length] (0 where a row may attend, -inf elsewhere)."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    bias: torch.Tensor
+    key_order: torch.Tensor | slice = slice(None)  # the cached keys' order within a head
+
+    @torch.no_grad()
+    def start(self, prompt: PromptPass) -> torch.Tensor:
+        """Decode on from a prompt pass: its keys and values are copied into the static cache."""
+        width = prompt.prompt_ids.shape[1]
+        for index, layer in enumerate(prompt.cache.layers):
+            self.keys[index, :, :, :width] = layer.keys[..., self.key_order]
+            self.values[index, :, :, :width] = layer.values
+        rows = prompt.prompt_mask.shape[0]
+        attends = prompt.prompt_mask.bool().view(rows, *[1] * (self.bias.dim() - 2), width)
+        self.bias[..., :width].masked_fill_(attends, 0.0)
+        self.length = width
+        self.positions = prompt.prompt_mask.sum(-1)  # the next token's position in each row
+        return prompt.logits
+
+    def _check_room(self) -> None:
+        if self.length >= self.max_length:
+            raise RuntimeError(f"the static cache holds {self.max_length} positions; all are used")
+
+
+class NativeDecoder(_StaticCacheDecoder):
     """Llama-family decoding on an x86-64 CPU (see `native_unsupported_reason`): a static KV cache
     [layers][rows, kv_heads, max_length, head_dim] and each step one call into `cpu_kernels`' `decode_step`.
 
@@ -200,7 +228,7 @@ class NativeDecoder(_Decoder):
         head_dim, kv_heads = _head_dim(config), config.num_key_value_heads
         shape = (len(base.layers), rows, kv_heads, max_length, head_dim)
         self.keys, self.values = torch.zeros(shape), torch.zeros(shape)
-        self.attention_bias = torch.full((rows, max_length), float("-inf"))  # 0 where a row may attend
+        self.bias = torch.full((rows, max_length), float("-inf"))
         cos, sin = base.rotary_emb(self.keys, torch.arange(max_length)[None])  # the model's own, by position
         self.cos, self.sin = cos[0].float().contiguous(), sin[0].float().contiguous()
 
@@ -230,33 +258,16 @@ class NativeDecoder(_Decoder):
         self.length = 0
 
     @torch.no_grad()
-    def start(self, prompt: PromptPass) -> torch.Tensor:
-        """Decode on from a prompt pass: its keys and values are copied into the static cache."""
-        width = prompt.prompt_ids.shape[1]
-        for index, layer in enumerate(prompt.cache.layers):
-            self.keys[index, :, :, :width] = layer.keys
-            self.values[index, :, :, :width] = layer.values
-        self.attention_bias[:, :width].masked_fill_(prompt.prompt_mask.bool(), 0.0)
-        self.length = width
-        self.positions = prompt.prompt_mask.sum(-1)  # the next token's position in each row
-        return prompt.logits
-
-    @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        _check_room(self.length, self.max_length)
+        self._check_room()
         self.dims[self.kernel.DIMS.index("slot")] = self.length  # the step opens this slot to attention
         logits = torch.empty(self.rows, self.head.shape[0])
         self.kernel(self.dims, self.eps, self.scale, self.table, tokens.to(torch.int64).contiguous(),
                     self.positions, self.embed, self.final_norm, self.head, self.head_bias, self.cos, self.sin,
-                    self.attention_bias, self.workspace, logits)
+                    self.bias, self.workspace, logits)
         self.positions += 1
         self.length += 1
         return logits
-
-
-def _check_room(length: int, max_length: int) -> None:
-    if length >= max_length:
-        raise RuntimeError(f"the static cache holds {max_length} positions; all are used")
 
 
 def _skinny_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -270,7 +281,7 @@ def _interleaved_pairs(head_dim: int) -> torch.Tensor:
     return torch.stack([torch.arange(half), torch.arange(half, head_dim)], dim=-1).flatten()
 
 
-class LeanDecoder(_Decoder):
+class LeanDecoder(_StaticCacheDecoder):
     """Llama-family decoding with a static KV cache [layers][rows, kv_heads, max_length, head_dim].
 
     Weights are read from the model at construction (cast once to the autocast dtype under CUDA autocast), so a
@@ -300,7 +311,7 @@ class LeanDecoder(_Decoder):
         self.act = base.layers[0].mlp.act_fn
         self.q_width, self.kv_width = self.heads * self.head_dim, self.kv_heads * self.head_dim
         self.intermediate = base.layers[0].mlp.gate_proj.out_features
-        self.pair_order = _interleaved_pairs(self.head_dim).to(self.device)
+        self.pair_order = self.key_order = _interleaved_pairs(self.head_dim).to(self.device)
         self.layers = []
         for layer in base.layers:
             attn, mlp = layer.self_attn, layer.mlp
@@ -377,20 +388,8 @@ class LeanDecoder(_Decoder):
         return (h32 * norm.square_().add_(self.hidden_size * self.eps).rsqrt_()).to(self.dtype)
 
     @torch.no_grad()
-    def start(self, prompt: PromptPass) -> torch.Tensor:
-        """Decode on from a prompt pass: its keys and values are copied into the static cache."""
-        width = prompt.prompt_ids.shape[1]
-        for index, layer in enumerate(prompt.cache.layers):
-            self.keys[index, :, :, :width] = layer.keys[..., self.pair_order]
-            self.values[index, :, :, :width] = layer.values
-        self.bias[..., :width].masked_fill_(prompt.prompt_mask.bool()[:, None, None], 0.0)
-        self.length = width
-        self.positions = prompt.prompt_mask.sum(-1)  # the next token's position in each row
-        return prompt.logits
-
-    @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        _check_room(self.length, self.max_length)
+        self._check_room()
         self.bias[..., self.length] = 0.0
         if self.use_graph and (self.graph is not None or self._capture(tokens)):
             logits = self._graph_step(tokens)
