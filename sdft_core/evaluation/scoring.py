@@ -78,6 +78,14 @@ def normalize_text(text: str) -> str:
     return " ".join(text.split())
 
 
+def repeats_itself(text: str, n: int = 4, times: int = 3) -> bool:
+    """Whether a generation is stuck in a loop: some run of `n` words occurs `times` times or more ("The answer is
+    D. The answer is D. The answer is D.")."""
+    words = text.split()
+    counts = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+    return bool(counts) and max(counts.values()) >= times
+
+
 def short_answer(prediction: str, answers: list[str]) -> dict[str, float]:
     """exact: the normalised prediction equals an answer; contains: an answer appears as whole words in the
     prediction (the lenient metric for verbose generations); f1: best token-overlap F1 (SQuAD)."""
