@@ -101,7 +101,8 @@ def sample_base(model: nn.Module, tokenizer, prompts: Sequence[list[int]], path:
             completions[index] = rollout.completion_ids[row, :lengths[row]].tolist()
 
     samples = BaseSamples(path, [list(p) for p in prompts], completions)
-    log_probs = torch.cat([lp for lp in _completion_log_probs(model, samples, tokenizer.pad_token_id, batch_size)])
+    log_probs = torch.cat(list(completion_log_probs(model, samples.prompt_ids, completions, tokenizer.pad_token_id,
+                                                    batch_size)))
     _write(path, samples, log_probs, {"key": key, "max_new_tokens": max_new_tokens, "seed": seed})
     return _read(path)[0]
 
@@ -110,8 +111,8 @@ def kl_to_base(model: nn.Module, samples: BaseSamples, pad_token_id: int, batch_
                bootstrap_samples: int = 2000, seed: int = 0) -> DriftResult:
     """Mean KL(base || model) per completion token over the cached samples, with a bootstrap 95% interval."""
     sums, counts = [], []
-    for start, log_probs in zip(range(0, len(samples.prompt_ids), batch_size),
-                                _completion_log_probs(model, samples, pad_token_id, batch_size)):
+    batches = completion_log_probs(model, samples.prompt_ids, samples.completion_ids, pad_token_id, batch_size)
+    for start, log_probs in zip(range(0, len(samples.prompt_ids), batch_size), batches):
         end = min(start + batch_size, len(samples.prompt_ids))
         base = samples.base_log_probs(start, end).to(log_probs.device)
         per_token = (base.exp() * (base - log_probs)).sum(-1).double()
@@ -142,25 +143,26 @@ def ratio_bootstrap(sums: Sequence[float], counts: Sequence[int], samples: int =
 
 
 @torch.no_grad()
-def _completion_log_probs(model: nn.Module, samples: BaseSamples, pad_token_id: int, batch_size: int):
-    """Float32 log-probabilities [tokens, vocab] at the completion positions of each batch of samples, in order."""
+def completion_log_probs(model: nn.Module, prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[int]],
+                         pad_token_id: int, batch_size: int = 16):
+    """For each batch of `batch_size` (prompt, completion) pairs, in order: the model's float32 log-probabilities
+    [tokens, vocab] at every completion position, the batch's completions concatenated."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     weight, bias = output_head(model)
     decoder = model.get_decoder()
     try:
-        for start in range(0, len(samples.prompt_ids), batch_size):
-            prompts = samples.prompt_ids[start:start + batch_size]
-            completions = samples.completion_ids[start:start + batch_size]
-            prompt_ids, prompt_mask = pad(prompts, pad_token_id, "left", device)
-            completion_ids, completion_mask = pad(completions, pad_token_id, "right", device)
+        for start in range(0, len(prompt_ids), batch_size):
+            prompts, prompt_mask = pad(list(prompt_ids[start:start + batch_size]), pad_token_id, "left", device)
+            completions, completion_mask = pad(list(completion_ids[start:start + batch_size]), pad_token_id, "right",
+                                               device)
             # The state at the last prompt position predicts the first completion token, and so on.
-            input_ids = torch.cat([prompt_ids, completion_ids[:, :-1]], dim=1)
+            input_ids = torch.cat([prompts, completions[:, :-1]], dim=1)
             attention_mask = torch.cat([prompt_mask, completion_mask[:, :-1]], dim=1)
             positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
             hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                             use_cache=False).last_hidden_state[:, prompt_ids.shape[1] - 1:]
+                             use_cache=False).last_hidden_state[:, prompts.shape[1] - 1:]
             hidden = hidden[completion_mask.bool()]  # row by row, each completion's tokens in order
             logits = torch.nn.functional.linear(hidden.float(), weight.float(), None if bias is None else bias.float())
             yield torch.log_softmax(logits, dim=-1)
