@@ -63,18 +63,34 @@ def _png(figure) -> bytes:
 
 
 def delta_plot(rows: Sequence[dict[str, Any]], title: str) -> bytes:
-    """Horizontal bars of candidate - parent per benchmark (points), with the paired 95% interval."""
+    """Horizontal bars of candidate - parent per benchmark (points), with the paired 95% interval; when the rows
+    carry an SFT baseline (`baseline_delta`), its bars beside them."""
+    import numpy as np
+
     plt = _pyplot()
     labels = [r["task"] for r in rows]
-    deltas = [100 * r["delta"] for r in rows]
-    low = [100 * (r["delta"] - r["delta_ci"][0]) for r in rows]
-    high = [100 * (r["delta_ci"][1] - r["delta"]) for r in rows]
-    figure, axes = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.2), dpi=100)
-    colors = ["tab:green" if d >= 0 else "tab:red" for d in deltas]
-    axes.barh(labels, deltas, xerr=[low, high], color=colors, alpha=0.8, capsize=3)
+    series = [("SDFT candidate", "delta", "delta_ci")]
+    if rows and "baseline_delta" in rows[0]:
+        series.append(("SFT baseline", "baseline_delta", "baseline_delta_ci"))
+    height = 0.8 / len(series)
+    positions = np.arange(len(rows))
+    figure, axes = plt.subplots(figsize=(7, 0.45 * len(rows) * len(series) + 1.2), dpi=100)
+    for index, (name, key, ci) in enumerate(series):
+        deltas = [100 * r[key] for r in rows]
+        low = [100 * (r[key] - r[ci][0]) for r in rows]
+        high = [100 * (r[ci][1] - r[key]) for r in rows]
+        if len(series) == 1:
+            colors = ["tab:green" if d >= 0 else "tab:red" for d in deltas]
+        else:
+            colors = ["tab:blue" if index == 0 else "tab:orange"] * len(rows)
+        axes.barh(positions + (index - (len(series) - 1) / 2) * height, deltas, height=height, xerr=[low, high],
+                  color=colors, alpha=0.8, capsize=3, label=name)
+    axes.set_yticks(positions, labels)
     axes.axvline(0, color="black", linewidth=0.8)
     axes.invert_yaxis()
-    axes.set_xlabel("candidate - parent (points, 95% paired bootstrap interval)")
+    axes.set_xlabel("model - parent (points, 95% paired bootstrap interval)")
+    if len(series) > 1:
+        axes.legend()
     axes.set_title(title)
     return _png(figure)
 
@@ -98,18 +114,52 @@ def training_curve_plot(metrics: Sequence[dict[str, float]], title: str) -> byte
 
 def skill_versus_prior_plot(points: dict[str, tuple[float, float]], title: str) -> bytes:
     """One point per model: prior-capability average (x) against the new skill's score (y), in percent. Up is
-    learning, left is forgetting."""
+    learning, left is forgetting. Labels may hold a second line (e.g. the model's KL to the base)."""
     plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(6, 4.5), dpi=100)
+    figure, axes = plt.subplots(figsize=(6.5, 4.8), dpi=100)
+    seen: dict[tuple[float, float], int] = {}  # labels of points at the same place are stacked, not overprinted
     for label, (prior, skill) in points.items():
+        place = (round(100 * prior, 6), round(100 * skill, 6))
+        below = seen.get(place, 0)
+        seen[place] = below + 1 + label.count("\n")
         axes.scatter([100 * prior], [100 * skill], s=60)
-        axes.annotate(label, (100 * prior, 100 * skill), textcoords="offset points", xytext=(6, 6))
+        axes.annotate(label, (100 * prior, 100 * skill), textcoords="offset points", xytext=(6, 6 - 11 * below),
+                      fontsize=8, va="top" if below else "bottom")
     axes.set_xlabel("prior-capability average (%)")
     axes.set_ylabel("new skill (%)")
     axes.grid(alpha=0.3)
-    axes.margins(0.25)
+    axes.margins(0.3)
     axes.set_title(title)
     return _png(figure)
+
+
+def comparison_tables(table, labels: dict[str, str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The rows of a `sdft_core.evaluation.comparison.Comparison` as display tables, in points: per benchmark (base,
+    parent, candidate, the delta and its interval, the SFT baseline's), and per model (scores and KL to the base)."""
+    def points(value: float) -> float:
+        return round(100 * value, 2)
+
+    deltas = []
+    for r in table.rows:
+        row: dict[str, Any] = {"benchmark": r["task"]}
+        if "base" in r:
+            row["base"] = points(r["base"])
+        row |= {"parent": points(r["parent"]), "candidate": points(r["candidate"]), "delta": points(r["delta"]),
+                "delta_ci_low": points(r["delta_ci"][0]), "delta_ci_high": points(r["delta_ci"][1])}
+        if "baseline" in r:
+            row |= {"sft_baseline": points(r["baseline"]), "baseline_delta": points(r["baseline_delta"]),
+                    "baseline_delta_ci_low": points(r["baseline_delta_ci"][0]),
+                    "baseline_delta_ci_high": points(r["baseline_delta_ci"][1])}
+        deltas.append(row)
+    models = []
+    for m in table.models:
+        row = {"model": labels.get(m["model"], m["model"]), "new_skill": points(m["new_skill"]),
+               "prior_average": points(m["prior_average"])}
+        if "kl_to_base" in m:
+            row |= {"kl_to_base": m["kl_to_base"], "kl_ci_low": m["kl_to_base_ci"][0],
+                    "kl_ci_high": m["kl_to_base_ci"][1]}
+        models.append(row)
+    return deltas, models
 
 
 def table_metadata(rows: Sequence[dict[str, Any]]) -> dg.MetadataValue:

@@ -1,14 +1,35 @@
-"""The promotion gate: a candidate becomes champion only if it learned the skill without forgetting."""
+"""The promotion gate: a candidate becomes champion only if it shows that it learned the skill without forgetting.
+
+The gate decides on the paired 95% bootstrap intervals of candidate - parent (items paired by id), not on point
+estimates: a gain of +4 points whose interval is [-6, +14] is not shown, so it does not pass.
+
+- new skill: passes when the interval's lower bound is >= `min_gain` (the gain is shown, not only measured);
+- prior-capability average: fails when its point estimate or the upper bound of its interval is below
+  -`max_regression` (a regression beyond the tolerance is shown, or is the best estimate);
+- optionally (`require_not_dominated_by_baseline`), when an SFT baseline trained on the same data, parent and
+  budget was evaluated: fails when the baseline dominates the candidate (at least as good on the new skill and on
+  the prior average, strictly better on one; equal points are not domination).
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+
+_EPS = 1e-12
 
 
 @dataclass
 class GateConfig:
-    min_gain: float = 0.0  # new-skill score must reach parent + min_gain (fractions: 0.02 = 2 points)
-    max_regression: float = 0.02  # prior-capability average may fall at most this much below the parent's
+    # new skill: the lower bound of the paired 95% interval of candidate - parent must be >= min_gain
+    # (fractions: 0.02 = 2 points; 0 = the gain must be shown to be non-negative)
+    min_gain: float = 0.0
+    # prior-capability average: fails when the point estimate of candidate - parent, or the upper bound of its
+    # paired 95% interval, is below -max_regression (0.02 = 2 points)
+    max_regression: float = 0.02
+    # when an SFT baseline was evaluated (sft_baseline enabled): fail if the baseline dominates the candidate
+    # (new skill and prior average both >= the candidate's, one of them strictly greater)
+    require_not_dominated_by_baseline: bool = False
 
 
 @dataclass
@@ -17,20 +38,66 @@ class GateDecision:
     new_skill_gain: float
     prior_change: float
     reasons: list[str] = field(default_factory=list)
+    new_skill_ci: tuple[float, float] = (math.nan, math.nan)
+    prior_ci: tuple[float, float] = (math.nan, math.nan)
+    dominated: bool | None = None  # None: no baseline was evaluated
 
     def summary(self) -> str:
         return ("promote: " if self.passed else "keep the champion: ") + "; ".join(self.reasons)
 
 
+def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """Point a = (new skill, prior average) dominates b: >= on both, > on at least one (equal is not)."""
+    at_least = all(x >= y - _EPS for x, y in zip(a, b))
+    better = any(x > y + _EPS for x, y in zip(a, b))
+    return at_least and better
+
+
+def _points(value: float) -> str:
+    return f"{100 * value:+.1f}"
+
+
+def _interval(low: float, high: float) -> str:
+    return f"[{_points(low)}, {_points(high)}]"
+
+
 def promotion_gate(candidate_skill: float, parent_skill: float, candidate_prior: float, parent_prior: float,
-                   config: GateConfig) -> GateDecision:
+                   config: GateConfig, *, skill_ci: tuple[float, float], prior_ci: tuple[float, float],
+                   baseline: tuple[float, float] | None = None) -> GateDecision:
+    """Decide on candidate - parent's paired 95% intervals: `skill_ci` of the new skill's score, `prior_ci` of the
+    prior-capability average (scores as fractions). `baseline`: the SFT baseline's (new skill, prior average)."""
     gain, change = candidate_skill - parent_skill, candidate_prior - parent_prior
-    learned = gain >= config.min_gain - 1e-12
-    kept = change >= -config.max_regression - 1e-12
-    reasons = [
-        f"new skill {100 * candidate_skill:.1f} vs parent {100 * parent_skill:.1f} ({100 * gain:+.1f}; "
-        f"needs >= {100 * config.min_gain:+.1f}): {'ok' if learned else 'FAILED'}",
-        f"prior average {100 * candidate_prior:.1f} vs parent {100 * parent_prior:.1f} ({100 * change:+.1f}; "
-        f"allowed >= {-100 * config.max_regression:+.1f}): {'ok' if kept else 'FAILED'}",
-    ]
-    return GateDecision(learned and kept, gain, change, reasons)
+    skill_low, skill_high = (float(x) for x in skill_ci)
+    prior_low, prior_high = (float(x) for x in prior_ci)
+
+    learned = skill_low >= config.min_gain - _EPS  # False for NaN: an unmeasured gain is not shown
+    new_skill = (f"new skill {100 * candidate_skill:.1f} vs parent {100 * parent_skill:.1f}: "
+                 f"{_points(gain)} {_interval(skill_low, skill_high)}: the interval's lower bound must be >= "
+                 f"{_points(config.min_gain)}: {'ok' if learned else 'FAILED'}")
+
+    if math.isnan(change) or math.isnan(prior_high):
+        kept = False
+        prior = "prior average not measured (no prior tasks): FAILED"
+    else:
+        kept = change >= -config.max_regression - _EPS and prior_high >= -config.max_regression - _EPS
+        prior = (f"prior average {100 * candidate_prior:.1f} vs parent {100 * parent_prior:.1f}: {_points(change)} "
+                 f"{_interval(prior_low, prior_high)}: the point and the interval's upper bound must be >= "
+                 f"{_points(-config.max_regression)}: {'ok' if kept else 'FAILED'}")
+    reasons = [new_skill, prior]
+
+    dominated = None
+    not_dominated = True
+    if baseline is not None:
+        dominated = dominates(baseline, (candidate_skill, candidate_prior))
+        points = (f"SFT baseline (new skill {100 * baseline[0]:.1f}, prior average {100 * baseline[1]:.1f}) vs "
+                  f"candidate (new skill {100 * candidate_skill:.1f}, prior average {100 * candidate_prior:.1f}): ")
+        if config.require_not_dominated_by_baseline:
+            not_dominated = not dominated
+            reasons.append(points + ("the baseline dominates the candidate: FAILED" if dominated
+                                     else "the baseline does not dominate the candidate: ok"))
+        else:
+            reasons.append(points + ("the baseline dominates the candidate" if dominated
+                                     else "the baseline does not dominate the candidate")
+                           + " (not required: require_not_dominated_by_baseline is off)")
+    return GateDecision(learned and kept and not_dominated, gain, change, reasons, (skill_low, skill_high),
+                        (prior_low, prior_high), dominated)

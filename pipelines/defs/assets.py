@@ -16,6 +16,7 @@ import pydantic
 from pipelines.config import config_class, to_dataclass
 from pipelines.defs.resources import Compute, MlflowRegistry, SkillData, tags_json
 from pipelines.metadata import (
+    comparison_tables,
     delta_plot,
     lineage,
     markdown_table,
@@ -49,11 +50,18 @@ TrainRunConfig = pydantic.create_model(
     overrides=(dict[str, Any], {}))
 
 
+DRIFT_MAX_NEW_TOKENS = 64  # the drift's completion budget: the skill's max_new_tokens, capped here
+
+
 class EvaluationRunConfig(dg.Config):
     skill_limit: int | None = None  # items of the skill's eval split (None: all)
     prior_tasks: list[str] = list(PRIOR_SUITE)
     prior_limit: int | None = None  # items per prior-capability task (None: each task's default, ~400)
     batch_size: int = 16
+    # eval prompts (at most) on which each model's drift KL(base || model) is measured, on completions the base
+    # model samples once (max_new_tokens capped at 64; the cache holds the base's full-vocabulary log-probabilities,
+    # about tokens x vocabulary x 4 bytes); 0: no drift
+    drift_items: int = 32
 
 
 def _key(*parts: Any) -> str:
@@ -183,22 +191,64 @@ def sdft_model(context: dg.AssetExecutionContext, config: TrainRunConfig, teache
                pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.Output[dict]:
     """SDFT from the parent (the champion, or the base model), in `accelerate launch`; a rerun resumes."""
     value = teacher_contexts
-    parent, spec = value["parent"], value["spec"]
     settings = config.model_dump()
     overrides = settings.pop("overrides")
-    train_config = TrainConfig.from_dict(settings | {"model": parent["model"], "output_dir": "",
+    train_config = TrainConfig.from_dict(settings | {"model": value["parent"]["model"], "output_dir": "",
                                                      "prompts": value["prompts"]})
-    skill_training = {k: v for k, v in spec["training"].items() if not k.startswith("prompts.")}
+    skill_training = {k: v for k, v in value["spec"]["training"].items() if not k.startswith("prompts.")}
     train_config = with_overrides(with_overrides(train_config, skill_training), overrides)
+    trained, metadata = _train(context, value, train_config, "candidate", skill_data, registry, compute,
+                               pipes_subprocess_client)
+    return dg.Output({**value, **trained}, metadata={**lineage(value), **metadata})
+
+
+class BaselineRunConfig(dg.Config):
+    # Train the SFT baseline: sdft_model's own training config (same parent, data, steps, batch, learning rate,
+    # skill.yaml and run-config overrides) with method sft, evaluated beside the candidate, never registered. Off:
+    # nothing is trained (it doubles the training time) and the chain goes on without the comparison.
+    enabled: bool = True
+
+
+@dg.asset(partitions_def=skills, group_name=SKILL_CHAIN, kinds={"pytorch", "accelerate", "mlflow"})
+def sft_baseline(context: dg.AssetExecutionContext, config: BaselineRunConfig, sdft_model: dict,
+                 skill_data: SkillData, registry: MlflowRegistry, compute: Compute,
+                 pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.Output[dict]:
+    """SFT on the same curated data, from the same parent, with the same budget as `sdft_model` (its training config,
+    method sft): the baseline every candidate is compared with. Its own run folder and MLflow run (role=baseline);
+    never registered. It reads sdft_model's config rather than a copy of its run config, so the budgets match."""
+    value = sdft_model
+    if not config.enabled:
+        context.log.info("sft_baseline disabled: no SFT baseline trained for %s", value["skill"])
+        return dg.Output({"enabled": False}, metadata={**lineage(value), "enabled": False})
+    if value["train_config"]["method"] == "sft":
+        context.log.info("sdft_model itself trained with method sft: no separate baseline")
+        return dg.Output({"enabled": False}, metadata={**lineage(value), "enabled": False,
+                                                       "reason": "sdft_model trains with method sft"})
+    train_config = TrainConfig.from_dict(value["train_config"] | {"method": "sft", "output_dir": ""})
+    trained, metadata = _train(context, value, train_config, "baseline", skill_data, registry, compute,
+                               pipes_subprocess_client)
+    return dg.Output({"enabled": True, "method": "sft", **trained}, metadata={
+        **lineage(value), "enabled": True, **metadata, "sdft_run_id": value["run_id"]})
+
+
+def _train(context: dg.AssetExecutionContext, value: dict, train_config: TrainConfig, role: str,
+           skill_data: SkillData, registry: MlflowRegistry, compute: Compute,
+           pipes_subprocess_client: dg.PipesSubprocessClient) -> tuple[dict, dict]:
+    """Train `train_config` on the skill's curated data in `accelerate launch` (through Pipes), in the run folder and
+    MLflow run of its run key (a rerun resumes or reuses them); returns what the asset hands on and its metadata."""
+    parent = value["parent"]
     run_key = _key(value["skill"], value["skill_md5"], parent["label"], train_config.fingerprint())
     run_dir = skill_data.work(value["skill"], "runs", run_key)
     train_config.output_dir = str(run_dir)
     (run_dir / "train_config.json").write_text(json.dumps(train_config.to_dict(), indent=2))
 
     tags = {"skill": value["skill"], "dvc_skill_md5": value["skill_md5"], "dvc_data_md5": value["dataset_md5"],
-            "git_commit": value["git_commit"] or "unknown", "parent": parent["label"],
-            "dagster.run_id": context.run.run_id, "dagster.partition": context.partition_key}
-    run_id = registry.run_for_key(run_key, tags, run_name=f"{value['skill']}-{run_key[:8]}")
+            "git_commit": value["git_commit"] or "unknown", "parent": parent["label"], "role": role,
+            "method": train_config.method, "dagster.run_id": context.run.run_id,
+            "dagster.partition": context.partition_key}
+    name = f"{value['skill']}-{run_key[:8]}" if role == "candidate" else \
+        f"{value['skill']}-{train_config.method}-{role}-{run_key[:8]}"
+    run_id = registry.run_for_key(run_key, tags, run_name=name)
     client = registry.client()
     if not client.get_run(run_id).data.params:
         from mlflow.entities import Param
@@ -233,19 +283,21 @@ def sdft_model(context: dg.AssetExecutionContext, config: TrainRunConfig, teache
         metadata["training_curve"] = png_markdown(png, "loss and KL by step")
     client.set_terminated(run_id, status="FINISHED")
     final = history[-1] if history else {}
-    out = {**value, "run_id": run_id, "run_key": run_key, "model_dir": str(model_dir), "model_source": source,
-           "train_config": train_config.to_dict()}
-    return dg.Output(out, metadata={
-        **lineage(value), **metadata, "mlflow_run_id": run_id, "parent": parent["label"], "run_dir":
-        dg.MetadataValue.path(str(run_dir)), "model_source": source, "steps": int(final.get("step", 0)),
-        "final_loss": float(final.get("loss", float("nan"))), "config": dg.MetadataValue.json(train_config.to_dict())})
+    trained = {"run_id": run_id, "run_key": run_key, "model_dir": str(model_dir), "model_source": source,
+               "train_config": train_config.to_dict()}
+    return trained, {
+        **metadata, "mlflow_run_id": run_id, "parent": parent["label"], "method": train_config.method,
+        "run_dir": dg.MetadataValue.path(str(run_dir)), "model_source": source, "steps": int(final.get("step", 0)),
+        "final_loss": float(final.get("loss", float("nan"))), "config": dg.MetadataValue.json(train_config.to_dict())}
 
 
 @dg.asset(partitions_def=skills, group_name=SKILL_CHAIN, kinds={"pytorch", "mlflow"})
 def benchmark_evaluation(context: dg.AssetExecutionContext, config: EvaluationRunConfig, sdft_model: dict,
-                         skill_data: SkillData, registry: MlflowRegistry) -> dg.Output[dict]:
-    """The candidate and its parent on the skill's eval split and the prior-capability suite, side by side."""
-    from sdft_core.evaluation.suite import TaskResult, average, compare, evaluate_model, paired_difference_ci
+                         sft_baseline: dict, skill_data: SkillData, registry: MlflowRegistry) -> dg.Output[dict]:
+    """The candidate, its parent, the base model and the SFT baseline (when trained) on the skill's eval split and
+    the prior-capability suite, side by side, each with its drift KL(base || model) on the skill's eval prompts."""
+    from sdft_core.evaluation.comparison import build_comparison, drift_from_base
+    from sdft_core.evaluation.suite import TaskResult, evaluate_model
     from sdft_core.evaluation.tasks import subsample
 
     value = sdft_model
@@ -255,61 +307,84 @@ def benchmark_evaluation(context: dg.AssetExecutionContext, config: EvaluationRu
         raise ValueError(f"skill {skill!r} has no eval rows ({value['eval_path']}): add eval.jsonl or raise "
                          "eval_fraction in the curation config")
     prior_limits = {task: config.prior_limit for task in config.prior_tasks}
-    plan = (file_md5(value["eval_path"]), config.model_dump())
+    evaluation = config.model_dump(exclude={"drift_items"})  # the drift settings do not change the scores
+    plan = (file_md5(value["eval_path"]), evaluation)
+    baseline = sft_baseline if sft_baseline and sft_baseline.get("enabled") else None
+    parent_is_base = value["parent"]["version"] is None
+    base = (registry.base_model, f"base:{registry.base_model}")
+    # who -> (model spec, label); the base model's own scores only when it is not the parent (for the picture)
+    models = {"parent": (value["parent"]["model"], value["parent"]["label"]),
+              "candidate": (value["model_dir"], f"run:{value['run_id']}")}
+    if baseline is not None:
+        models["baseline"] = (baseline["model_dir"], f"run:{baseline['run_id']}")
+    if not parent_is_base:
+        models["base"] = base
+    folders = {who: skill_data.work("evals", _key(label, plan)) for who, (_, label) in models.items()}
     results: dict[str, dict[str, TaskResult]] = {}
-    models = [("parent", value["parent"]["model"], value["parent"]["label"]),
-              ("candidate", value["model_dir"], f"run:{value['run_id']}")]
-    if value["parent"]["version"] is not None:  # the base model too, for the picture (cached like the others)
-        models.append(("base", registry.base_model, f"base:{registry.base_model}"))
-    for who, model, label in models:
-        folder = skill_data.work("evals", _key(label, plan))
-        cache = folder / "results.json"
+    for who, (model, label) in models.items():
+        cache = folders[who] / "results.json"
         if cache.exists():
             results[who] = {k: TaskResult.from_dict(v) for k, v in json.loads(cache.read_text()).items()}
             context.log.info("%s (%s): cached scores from %s", who, label, cache)
             continue
         results[who] = evaluate_model(model, {skill: (eval_records, spec["scorer"], spec["max_new_tokens"])},
-                                      prior_limits, output_dir=folder, benchmarks_dir=skill_data.benchmarks_dir(),
-                                      batch_size=config.batch_size, progress=progress_log(context.log, who))
+                                      prior_limits, output_dir=folders[who],
+                                      benchmarks_dir=skill_data.benchmarks_dir(), batch_size=config.batch_size,
+                                      progress=progress_log(context.log, who))
         cache.write_text(json.dumps({k: r.to_dict() for k, r in results[who].items()}))
 
-    parent, candidate = results["parent"], results["candidate"]
-    prior_parent = {t: parent[t] for t in config.prior_tasks}
-    prior_candidate = {t: candidate[t] for t in config.prior_tasks}
-    low, high = paired_difference_ci(parent[skill], candidate[skill])
-    rows = [{"task": f"{skill} (new skill)", "metric": parent[skill].metric, "base": parent[skill].score,
-             "candidate": candidate[skill].score, "delta": candidate[skill].score - parent[skill].score,
-             "delta_ci": [low, high]}]
-    rows += compare(prior_parent, prior_candidate) if prior_parent else []
-    if prior_parent:
-        rows[-1]["task"] = "prior average"
+    drift: dict[str, dict] = {}
+    if config.drift_items > 0:
+        drift_records = eval_records[:config.drift_items]
+        budget = min(int(spec["max_new_tokens"]), DRIFT_MAX_NEW_TOKENS)
+        drift_key = _key(registry.base_model, [str(r["id"]) for r in drift_records], budget)
+        samples = skill_data.work(skill, value["skill_md5"][:12], "drift") / f"base-{drift_key}.safetensors"
+        specs = {"base": base[0], **{who: model for who, (model, _) in models.items() if who != "base"}}
+        caches = {who: folders[who] / f"drift-{drift_key}.json" for who in models}
+        caches.setdefault("base", caches["parent"])  # the base is the parent: one measurement, ~0
+        drift = drift_from_base(registry.base_model, specs, drift_records, samples, max_new_tokens=budget,
+                                batch_size=config.batch_size, caches=caches)
+
+    table = build_comparison(results, skill, config.prior_tasks, drift)
+    rows = table.rows
     out_dir = skill_data.work(skill, "runs", value["run_key"], "evaluation")
-    png = delta_plot(rows, f"{skill}: candidate vs parent ({value['parent']['label']})")
+    png = delta_plot(rows, f"{skill}: against the parent ({value['parent']['label']})")
     (out_dir / "deltas.png").write_bytes(png)
-    labels = {"parent": f"parent {value['parent']['label']}", "candidate": "SDFT candidate", "base": "base"}
-    if value["parent"]["version"] is None:
+    labels = {"base": "base", "parent": f"parent {value['parent']['label']}", "candidate": "SDFT candidate",
+              "baseline": "SFT baseline"}
+    if parent_is_base:
         labels["parent"] = "base (parent)"
-    points = {labels[who]: (average({t: scores[t] for t in config.prior_tasks}) if config.prior_tasks
-                            else float("nan"), scores[skill].score) for who, scores in results.items()}
-    picture = skill_versus_prior_plot(points, f"{skill}: new skill against prior capabilities")
+    picture = skill_versus_prior_plot(table.points(labels), f"{skill}: new skill against prior capabilities")
     (out_dir / "skill_vs_prior.png").write_bytes(picture)
-    (out_dir / "comparison.json").write_text(json.dumps(rows, indent=2))
-    summary = {"new_skill": {"candidate": candidate[skill].score, "parent": parent[skill].score},
-               "prior_average": {"candidate": average(prior_candidate) if prior_candidate else float("nan"),
-                                 "parent": average(prior_parent) if prior_parent else float("nan")},
-               "n_eval": len(eval_records)}
+    (out_dir / "comparison.json").write_text(json.dumps(table.to_dict(), indent=2))
+    summary = {**table.summary(), "n_eval": len(eval_records), "baseline_run_id": baseline and baseline["run_id"]}
+
     client = registry.client()
-    client.log_batch(value["run_id"], metrics=_metrics(candidate, "eval") + _metrics(parent, "parent_eval"))
+    metrics = _metrics(results["candidate"], "eval") + _metrics(results["parent"], "parent_eval")
+    for who, prefix in (("baseline", "baseline_eval"), ("base", "base_eval")):
+        if who in results:
+            metrics += _metrics(results[who], prefix)
+    metrics += _named_metrics({f"kl_to_base/{who}": d["mean"] for who, d in drift.items()})
+    client.log_batch(value["run_id"], metrics=metrics)
     client.log_artifacts(value["run_id"], str(out_dir), "evaluation")
-    deltas = [{"benchmark": r["task"], "parent": round(100 * r["base"], 2), "candidate": round(100 * r["candidate"], 2),
-               "delta": round(100 * r["delta"], 2), "delta_ci_low": round(100 * r["delta_ci"][0], 2),
-               "delta_ci_high": round(100 * r["delta_ci"][1], 2)} for r in rows]
+    if baseline is not None:  # the baseline's own run gets its scores and drift too
+        client.log_batch(baseline["run_id"], metrics=_metrics(results["baseline"], "eval") + _named_metrics(
+            {"kl_to_base": drift["baseline"]["mean"]} if "baseline" in drift else {}))
+
+    deltas, model_rows = comparison_tables(table, labels)
+    scores = table.scores("new_skill"), table.scores("prior_average")
     return dg.Output({**value, "evaluation": summary, "comparison": rows, "comparison_path":
                       str(out_dir / "comparison.json")}, metadata={
         **lineage(value), "mlflow_run_id": value["run_id"], "parent": value["parent"]["label"],
-        "new_skill_candidate": summary["new_skill"]["candidate"], "new_skill_parent": summary["new_skill"]["parent"],
-        "prior_average_candidate": summary["prior_average"]["candidate"],
-        "prior_average_parent": summary["prior_average"]["parent"],
+        "new_skill_candidate": scores[0]["candidate"], "new_skill_parent": scores[0]["parent"],
+        "prior_average_candidate": scores[1]["candidate"], "prior_average_parent": scores[1]["parent"],
+        "new_skill_ci_low": table.new_skill_ci[0], "new_skill_ci_high": table.new_skill_ci[1],
+        "prior_average_ci_low": table.prior_average_ci[0], "prior_average_ci_high": table.prior_average_ci[1],
+        **({"new_skill_baseline": scores[0]["baseline"], "prior_average_baseline": scores[1]["baseline"],
+            "baseline_run_id": baseline["run_id"]} if baseline is not None else {}),
+        **{f"kl_to_base_{who}": d["mean"] for who, d in drift.items()},
+        "kl_to_base": dg.MetadataValue.json(drift),
+        "models": table_metadata(model_rows),
         "deltas": table_metadata(deltas), "plot": png_markdown(png, "per-benchmark deltas"),
         "skill_vs_prior": png_markdown(picture, "new skill against prior-capability average"),
         "comparison": dg.MetadataValue.path(str(out_dir / "comparison.json"))})
@@ -318,12 +393,19 @@ def benchmark_evaluation(context: dg.AssetExecutionContext, config: EvaluationRu
 @dg.asset(partitions_def=skills, group_name=SKILL_CHAIN, kinds={"mlflow"})
 def registered_model(context: dg.AssetExecutionContext, config: GateRunConfig, benchmark_evaluation: dict,
                      registry: MlflowRegistry) -> dg.MaterializeResult:
-    """A registry version per training run (`candidate`), promoted to `champion` only through the gate."""
+    """A registry version per SDFT training run (`candidate`), promoted to `champion` only through the gate; the
+    SFT baseline is compared in the gate (when configured) but never registered."""
     value = benchmark_evaluation
     scores = value["evaluation"]
-    decision = promotion_gate(scores["new_skill"]["candidate"], scores["new_skill"]["parent"],
-                              scores["prior_average"]["candidate"], scores["prior_average"]["parent"],
-                              to_dataclass(GateConfig, config))
+    if "new_skill_ci" not in scores:
+        raise ValueError("benchmark_evaluation was materialized by an older version without the paired intervals "
+                         "the gate decides on: materialize benchmark_evaluation again")
+    new_skill, prior = scores["new_skill"], scores["prior_average"]
+    decision = promotion_gate(new_skill["candidate"], new_skill["parent"], prior["candidate"], prior["parent"],
+                              to_dataclass(GateConfig, config), skill_ci=tuple(scores["new_skill_ci"]),
+                              prior_ci=tuple(scores["prior_average_ci"]),
+                              baseline=(new_skill["baseline"], prior["baseline"]) if "baseline" in new_skill
+                              else None)
     tags = {"skill": value["skill"], "dvc_skill_md5": value["skill_md5"], "dvc_data_md5": value["dataset_md5"],
             "git_commit": value["git_commit"] or "unknown", "parent_version": str(value["parent"]["version"] or ""),
             "parent": value["parent"]["label"], "mlflow_run_id": value["run_id"],
@@ -332,9 +414,16 @@ def registered_model(context: dg.AssetExecutionContext, config: GateRunConfig, b
     number = int(version.version)
     registry.set_alias("candidate", number)
     client = registry.client()
-    for key, tag in {"gate.passed": str(decision.passed).lower(), "gate.reasons": decision.summary(),
-                     "eval.new_skill": f"{scores['new_skill']['candidate']:.4f}",
-                     "eval.prior_average": f"{scores['prior_average']['candidate']:.4f}"}.items():
+    version_tags = {"gate.passed": str(decision.passed).lower(), "gate.reasons": decision.summary(),
+                    "eval.new_skill": f"{new_skill['candidate']:.4f}",
+                    "eval.prior_average": f"{prior['candidate']:.4f}",
+                    "eval.new_skill_ci": json.dumps([round(x, 4) for x in scores["new_skill_ci"]]),
+                    "eval.prior_average_ci": json.dumps([round(x, 4) for x in scores["prior_average_ci"]])}
+    if "baseline" in new_skill:
+        version_tags |= {"baseline.mlflow_run_id": str(scores.get("baseline_run_id")),
+                         "baseline.new_skill": f"{new_skill['baseline']:.4f}",
+                         "baseline.prior_average": f"{prior['baseline']:.4f}"}
+    for key, tag in version_tags.items():
         client.set_model_version_tag(registry.model_name, str(number), key, tag)
 
     champion = registry.version_by_alias("champion")
@@ -375,9 +464,13 @@ def _all_metrics(path: Path) -> list[dict[str, float]]:
 
 
 def _metrics(results: dict, prefix: str) -> list:
+    return _named_metrics({f"{prefix}/{task}": result.score for task, result in results.items()})
+
+
+def _named_metrics(values: dict[str, float]) -> list:
     import time
 
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    return [Metric(f"{prefix}/{task}", result.score, now, 0) for task, result in results.items()]
+    return [Metric(name, float(value), now, 0) for name, value in values.items()]

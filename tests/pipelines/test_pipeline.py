@@ -22,11 +22,12 @@ from tests.tiny import save_tiny_model, toy_records
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAIN = [assets.demonstrations, assets.curated_demonstrations, assets.teacher_contexts, assets.sdft_model,
-         assets.benchmark_evaluation, assets.registered_model]
+         assets.sft_baseline, assets.benchmark_evaluation, assets.registered_model]
 RUN_CONFIG = {"ops": {
     "curated_demonstrations": {"config": {"eval_fraction": 0.3}},
     "sdft_model": {"config": {"max_steps": 2, "batch_size": 4, "micro_batch_size": 4, "warmup_steps": 0,
                               "checkpoint_every": 1}},
+    "sft_baseline": {"config": {"enabled": True}},  # trains sdft_model's config (2 steps) with method sft
     "benchmark_evaluation": {"config": {"prior_tasks": ["arc_easy", "boolq"], "prior_limit": 4, "batch_size": 8}},
 }}
 
@@ -139,8 +140,54 @@ def test_chain_registers_a_champion_with_lineage(chain):
     client = chain.registry.client()
     assert "plots/training_curve.png" in {a.path for a in client.list_artifacts(version.run_id, "plots")}
     assert "evaluation/skill_vs_prior.png" in {a.path for a in client.list_artifacts(version.run_id, "evaluation")}
-    for asset in ("demonstrations", "curated_demonstrations", "sdft_model", "registered_model"):
+    for asset in ("demonstrations", "curated_demonstrations", "sdft_model", "sft_baseline", "registered_model"):
         assert metadata(chain.first, asset)["dvc_skill_md5"] == dvc_dir_md5(folder)
+
+
+def test_the_sft_baseline_trains_the_same_budget_is_evaluated_beside_the_candidate_and_is_never_registered(chain):
+    client = chain.registry.client()
+    trained = metadata(chain.first, "sdft_model")
+    baseline = metadata(chain.first, "sft_baseline")
+    assert baseline["enabled"] is True and baseline["method"] == "sft"
+    assert baseline["mlflow_run_id"] != trained["mlflow_run_id"] and baseline["run_dir"] != trained["run_dir"]
+    run, sdft_run = client.get_run(baseline["mlflow_run_id"]), client.get_run(trained["mlflow_run_id"])
+    assert run.data.tags["role"] == "baseline" and run.data.tags["method"] == "sft"
+    assert sdft_run.data.tags["role"] == "candidate" and sdft_run.data.tags["method"] == "sdft"
+    assert run.data.params["method"] == "sft" and sdft_run.data.params["method"] == "sdft"
+    differing = {k for k in run.data.params if run.data.params[k] != sdft_run.data.params.get(k)}
+    assert differing == {"method", "output_dir"}  # same parent, data budget, rate and overrides
+    assert run.data.params["max_steps"] == "2" and run.data.params["rollout.max_new_tokens"] == "8"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2]
+
+    evaluation = metadata(chain.first, "benchmark_evaluation")
+    assert evaluation["baseline_run_id"] == run.info.run_id
+    assert 0.0 <= evaluation["new_skill_baseline"] <= 1.0 and 0.0 <= evaluation["prior_average_baseline"] <= 1.0
+    kl = {who: d["mean"] for who, d in evaluation["kl_to_base"].items()}
+    assert set(kl) == {"base", "parent", "candidate", "baseline"}
+    assert abs(kl["base"]) < 1e-5 and kl["parent"] == kl["base"]  # the first skill's parent is the base model
+    assert kl["candidate"] >= 0 and kl["baseline"] >= 0 and evaluation["kl_to_base_candidate"] == kl["candidate"]
+    models = {record.data["model"]: record.data for record in evaluation["models"].records}
+    assert set(models) == {"base (parent)", "SDFT candidate", "SFT baseline"}
+    assert models["SFT baseline"]["new_skill"] == round(100 * evaluation["new_skill_baseline"], 2)
+    deltas = {record.data["benchmark"]: record.data for record in evaluation["deltas"].records}
+    assert deltas["toy (new skill)"]["sft_baseline"] == round(100 * evaluation["new_skill_baseline"], 2)
+    comparison = json.loads(Path(evaluation["comparison"]).read_text())
+    assert comparison["new_skill"]["baseline"] == evaluation["new_skill_baseline"]
+    assert set(comparison["kl_to_base"]) == set(kl) and "candidate_minus_baseline_ci" in comparison["rows"][0]
+    assert comparison["new_skill_ci"] == comparison["rows"][0]["delta_ci"]
+    # on the candidate's MLflow run: the baseline's scores and every model's drift
+    metrics = client.get_run(trained["mlflow_run_id"]).data.metrics
+    assert metrics["baseline_eval/toy"] == evaluation["new_skill_baseline"]
+    assert {f"kl_to_base/{who}" for who in kl} <= set(metrics) and "baseline_eval/boolq" in metrics
+    assert client.get_run(run.info.run_id).data.metrics["eval/toy"] == evaluation["new_skill_baseline"]
+
+    # one registered version, from the SDFT run; the baseline's run has none and holds no alias
+    (version,) = chain.versions()
+    assert version.run_id == trained["mlflow_run_id"]
+    assert not client.search_model_versions(f"name = 'sdft' and run_id = '{run.info.run_id}'")
+    assert version.tags["baseline.mlflow_run_id"] == run.info.run_id
+    gate = metadata(chain.first, "registered_model")["gate"]
+    assert "the interval's lower bound must be >=" in gate and "SFT baseline (new skill" in gate
 
 
 def test_rematerializing_reuses_the_run_and_registers_once(chain):
@@ -176,8 +223,17 @@ def test_failed_gate_keeps_the_champion_and_next_skill_trains_from_it(chain):
     write_skill(chain.data / "skills" / "second", toy_skill_rows(16, offset=30))
     strict = json.loads(json.dumps(RUN_CONFIG))
     strict["ops"]["registered_model"] = {"config": {"min_gain": 0.5}}
+    strict["ops"]["sft_baseline"] = {"config": {"enabled": False}}  # the chain runs without the baseline too
     result = chain.materialize(chain.instance, "second", run_config=strict)
     assert result.success
+    assert metadata(result, "sft_baseline")["enabled"] is False
+    evaluation = metadata(result, "benchmark_evaluation")
+    assert "new_skill_baseline" not in evaluation and "baseline_eval/second" not in chain.registry.client().get_run(
+        evaluation["mlflow_run_id"]).data.metrics
+    kl = {who: d["mean"] for who, d in evaluation["kl_to_base"].items()}
+    assert set(kl) == {"base", "parent", "candidate"} and abs(kl["base"]) < 1e-5  # the base evaluated on its own
+    assert {record.data["model"] for record in evaluation["models"].records} == {"base", "parent sdft/1",
+                                                                                 "SDFT candidate"}
     registered = metadata(result, "registered_model")
     assert registered["model_version"] == 2 and registered["gate_passed"] is False
     assert registered["outcome"].startswith("champion unchanged (1)") and "FAILED" in registered["gate"]
@@ -185,6 +241,11 @@ def test_failed_gate_keeps_the_champion_and_next_skill_trains_from_it(chain):
     version = chain.registry.client().get_model_version("sdft", "2")
     assert set(version.aliases) == {"candidate"}
     assert version.tags["parent_version"] == "1" and version.tags["parent"] == "sdft/1"
+    assert "SFT baseline" not in registered["gate"] and "baseline.mlflow_run_id" not in version.tags
+    # one version per SDFT training run, none for the first skill's baseline
+    runs = [v.run_id for v in chain.versions()]
+    assert runs == [metadata(chain.first, "sdft_model")["mlflow_run_id"], evaluation["mlflow_run_id"]]
+    assert metadata(chain.first, "sft_baseline")["mlflow_run_id"] not in runs
 
 
 def test_change_champion_job_promotes_and_rolls_back(chain):
