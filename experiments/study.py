@@ -82,7 +82,8 @@ class StudyConfig:
     methods: list[str] = field(default_factory=lambda: ["sft", "dft", "sdft"])
     learning_rates: list[float] = field(default_factory=lambda: [3e-5, 3e-4, 3e-3])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # the first one runs the sweep
-    steps: int = 32
+    steps: int | None = 32  # optimizer steps per run; None: `epochs` over the demonstrations
+    epochs: float = 2.0  # only when steps is None
     batch_size: int = 8  # prompts per optimizer step: 256 sequences per run
     warmup_steps: int = 3
     prior_items_per_task: int = 200
@@ -225,13 +226,15 @@ class Study:
                      output_dir: Path) -> TrainConfig:
         c, spec = self.config, self.skill(skill)
         config = TrainConfig(method=method, model=c.model, output_dir=str(output_dir), max_steps=c.steps,
-                             batch_size=c.batch_size, micro_batch_size=c.batch_size, learning_rate=lr,
-                             warmup_steps=c.warmup_steps, seed=seed, checkpoint_every=max(1, c.steps // 4))
+                             epochs=c.epochs, batch_size=c.batch_size, micro_batch_size=c.batch_size,
+                             learning_rate=lr, warmup_steps=c.warmup_steps, seed=seed,
+                             checkpoint_every=max(1, (c.steps or 32) // 4))
         config = with_overrides(config, {"rollout.max_new_tokens": spec.max_new_tokens} | spec.training
                                 | c.overrides | overrides)
-        # one micro-batch per step, whatever the rows per step (the prompt pass is then reused)
-        rows = config.batch_size * config.rollout.num_generations
-        return with_overrides(config, {"micro_batch_size": rows})
+        # one micro-batch per step unless the config says otherwise (the prompt pass is then reused)
+        if "micro_batch_size" in c.overrides:
+            return config
+        return with_overrides(config, {"micro_batch_size": config.batch_size * config.rollout.num_generations})
 
     def run_unit(self, name: str, skill: str, method: str, lr: float, seed: int,
                  overrides: dict[str, Any] | None = None, kind: str = "sweep") -> dict[str, Any]:
@@ -247,7 +250,7 @@ class Study:
             self.mlflow.set_tags({"skill": skill, "method": method, "kind": kind})
             self.mlflow.log_params({"lr": lr, "seed": seed, "method": method, "skill": skill,
                                     "overrides": json.dumps(overrides), "steps": config.max_steps,
-                                    "batch_size": config.batch_size})
+                                    "epochs": config.epochs, "batch_size": config.batch_size})
             started = time.perf_counter()
             result = train(config, records.accepted, callbacks=[MlflowSteps(self.mlflow)])
             train_seconds = time.perf_counter() - started
@@ -267,9 +270,9 @@ class Study:
             self.mlflow.log_artifacts(str(self.work / "evals" / name), artifact_path="predictions")
         metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
         unit = {"name": name, "kind": kind, "skill": skill, "method": method, "lr": lr, "seed": seed,
-                "overrides": overrides, "train": training_summary(metrics) | {"seconds": train_seconds,
-                                                                             "sequences": config.max_steps *
-                                                                             config.batch_size}} | scores
+                "overrides": overrides, "train": training_summary(metrics) | {
+                    "seconds": train_seconds, "sequences": len(metrics) * config.batch_size *
+                    config.rollout.num_generations}} | scores
         unit["eval_seconds"] = eval_seconds
         self.save_unit(name, unit)
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # only for resuming; weights stay in model/

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..config import PromptConfig
-from ..prompts import encode_messages, encode_teacher
+from ..prompts import encode_completion, encode_messages, encode_teacher
 from ..records import validate_record
 from .engine import greedy_completions
 from .suite import score_answer
@@ -101,6 +101,19 @@ def on_policy_check(model, tokenizer, records: Sequence[dict], scorer: str, prom
     rewards = {skip: [float((t[skip:] - s[skip:]).mean()) if len(t) > skip else 0.0 for s, t in zip(student, teacher)]
                for skip in {skip_first_tokens, 0}}
 
+    # Where a demonstration ends, does the teacher end too? SDFT copies the teacher's wish to go on into the student.
+    ended = [encode_completion(tokenizer, d.demonstration, tokenizer.eos_token_id) for d in demonstrations]
+
+    def stop_probability(prompt_ids: list[list[int]]) -> float:
+        probabilities = []
+        batches = completion_log_probs(model, prompt_ids, ended, tokenizer.pad_token_id, batch_size)
+        for start, log_probs in zip(range(0, len(ended), batch_size), batches):
+            cursor = 0
+            for completion in ended[start:start + batch_size]:
+                cursor += len(completion)
+                probabilities.append(float(log_probs[cursor - 1, completion[-1]].exp()))
+        return sum(probabilities) / len(probabilities)
+
     groups = [i for i, _ in rows]
     reward_auc, informative = paired_auc(rewards[skip_first_tokens], correct, groups)
     lengths = [len(c) for c in completions]
@@ -111,7 +124,10 @@ def on_policy_check(model, tokenizer, records: Sequence[dict], scorer: str, prom
               "informative_prompts": informative, "reward_auc": reward_auc,
               "reward_auc_all_tokens": paired_auc(rewards[0], correct, groups)[0],
               "mean_completion_tokens": sum(lengths) / len(lengths),
-              "loss_token_share": sum(max(0, n - skip_first_tokens) for n in lengths) / max(1, sum(lengths))}
+              "loss_token_share": sum(max(0, n - skip_first_tokens) for n in lengths) / max(1, sum(lengths)),
+              "teacher_stop_probability": stop_probability(teacher_ids),
+              "student_stop_probability": stop_probability(student_ids),
+              "eos_fraction": sum(c[-1] in eos for c in completions if c) / len(completions)}
     examples = [{"id": str(chosen[i]["id"]), "answer": a, "completion_ids": ids, "correct": c, "reward": r}
                 for (i, _), a, ids, c, r in zip(rows, answers, completions, correct, rewards[skip_first_tokens])]
     return result | {"verdict": on_policy_verdict(result), "examples": examples}
@@ -132,17 +148,30 @@ def paired_auc(rewards: Sequence[float], correct: Sequence[float], groups: Seque
     return (wins / pairs if pairs else None), sum(bool(r and w) for r, w in by_group.values())
 
 
-def on_policy_verdict(check: dict[str, Any], min_auc: float = 0.6, min_informative: int = 3) -> str:
-    """One line: whether SDFT has a signal to learn from on these samples, and what to change if not."""
+def on_policy_verdict(check: dict[str, Any], min_auc: float = 0.6, min_informative: int = 3,
+                      min_stop: float = 0.5) -> str:
+    """Whether SDFT has a signal to learn from on these samples, and what to change if not (findings joined by
+    "; "; the first one is the signal)."""
     auc, auc_all, skip = check["reward_auc"], check["reward_auc_all_tokens"], check["skip_first_tokens"]
     if check["informative_prompts"] < min_informative:
-        return (f"no signal to compare: only {check['informative_prompts']} prompts have both right and wrong samples "
-                f"(the student's samples score {100 * check['student_sample_score']:.0f}%); SDFT can only reweight "
-                "what the student already samples: consider SFT first")
-    if auc is not None and auc >= min_auc:
-        return f"signal: the teacher prefers the student's right samples (reward AUC {auc:.2f} on the loss tokens)"
-    if skip and auc_all is not None and auc_all >= min_auc:
-        return (f"the signal is in the masked tokens: reward AUC {auc:.2f} on the loss tokens but {auc_all:.2f} on "
-                f"all tokens; set loss.skip_first_tokens=0 for this skill")
-    return (f"no signal: the teacher does not prefer the student's right samples (reward AUC {auc:.2f}); "
-            "SDFT is unlikely to raise the score")
+        findings = [f"no signal to compare: only {check['informative_prompts']} prompts have both right and wrong "
+                    f"samples (the student's samples score {100 * check['student_sample_score']:.0f}%); SDFT can only "
+                    "reweight what the student already samples: consider SFT first"]
+    elif auc is not None and auc >= min_auc:
+        findings = [f"signal: the teacher prefers the student's right samples (reward AUC {auc:.2f} on the loss "
+                    "tokens)"]
+    elif skip and auc_all is not None and auc_all >= min_auc:
+        findings = [f"the signal is in the masked tokens: reward AUC {auc:.2f} on the loss tokens but {auc_all:.2f} "
+                    "on all tokens; set loss.skip_first_tokens=0 for this skill"]
+    else:
+        findings = [f"no signal: the teacher does not prefer the student's right samples (reward AUC {auc:.2f}); "
+                    "SDFT is unlikely to raise the score"]
+    if skip and findings[0].startswith("signal") and auc_all is not None and auc_all - auc >= 0.15:
+        findings.append(f"the first {skip} tokens, out of the loss, hold much of the signal (reward AUC "
+                        f"{auc_all:.2f} with them); consider loss.skip_first_tokens=0")
+    stop = check.get("teacher_stop_probability")
+    if stop is not None and stop < min_stop:
+        findings.append(f"the teacher does not stop where a demonstration ends (P(end) {stop:.2f} after a whole "
+                        "demonstration): SDFT will teach the student to run on past its answer; use "
+                        "prompts.teacher_mode=prior_turn or a teacher template that does not ask for more")
+    return "; ".join(findings)

@@ -42,6 +42,18 @@ def test_rewards_match_a_float64_brute_force_and_the_pairs_are_counted(tiny_mode
     groups = [e["id"] for e in result["examples"]]
     assert (result["reward_auc"], result["informative_prompts"]) == paired_auc(rewards, correct, groups)
     assert result["student_sample_score"] == pytest.approx(sum(correct) / 12)
+    stops = {"teacher": [], "student": []}  # P(EOS) right after each chosen record's whole demonstration
+    model64 = tiny_model.double()
+    for record in {chosen[e["id"]].id: chosen[e["id"]] for e in result["examples"]}.values():
+        ended = tokenizer(record.demonstration, add_special_tokens=False)["input_ids"]
+        for who, prompt in (("student", encode_messages(tokenizer, record.messages)),
+                            ("teacher", encode_teacher(record, tokenizer, prompts)[0])):
+            with torch.no_grad():
+                logits = model64(torch.tensor([prompt + ended])).logits[0, -1]
+            stops[who].append(float(torch.softmax(logits, -1)[tokenizer.eos_token_id]))
+    tiny_model.float()
+    for who in ("teacher", "student"):
+        assert result[f"{who}_stop_probability"] == pytest.approx(sum(stops[who]) / len(stops[who]), rel=1e-4)
     lengths = [len(e["completion_ids"]) for e in result["examples"]]
     assert result["loss_token_share"] == pytest.approx(sum(max(0, n - 2) for n in lengths) / sum(lengths))
 
@@ -55,10 +67,15 @@ def test_paired_auc_compares_right_and_wrong_samples_of_the_same_prompt():
     assert paired_auc([1.0, 2.0], [1, 1], ["a", "a"]) == (None, 0)
 
 
-def test_the_verdict_names_the_masked_signal():
+def test_the_verdict_names_the_masked_signal_and_a_teacher_that_does_not_stop():
     check = {"reward_auc": 0.5, "reward_auc_all_tokens": 0.8, "skip_first_tokens": 3, "informative_prompts": 10,
-             "student_sample_score": 0.2}
+             "student_sample_score": 0.2, "teacher_stop_probability": 0.9}
+    assert on_policy_verdict(check).startswith("the signal is in the masked tokens")
     assert "loss.skip_first_tokens=0" in on_policy_verdict(check)
-    assert on_policy_verdict(check | {"reward_auc": 0.7}).startswith("signal")
+    assert on_policy_verdict(check | {"reward_auc": 0.7, "reward_auc_all_tokens": 0.7}) == (
+        "signal: the teacher prefers the student's right samples (reward AUC 0.70 on the loss tokens)")
+    assert "consider loss.skip_first_tokens=0" in on_policy_verdict(check | {"reward_auc": 0.62})
     assert on_policy_verdict(check | {"reward_auc_all_tokens": 0.5}).startswith("no signal")
     assert "consider SFT" in on_policy_verdict(check | {"informative_prompts": 1})
+    assert "does not stop" in on_policy_verdict(check | {"teacher_stop_probability": 0.1})
+    assert "does not stop" not in on_policy_verdict(check)
