@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--sample", type=int, default=32)
     check.add_argument("--teacher-mode", choices=["inline", "prior_turn"],
                        help="default: the skill's own (skill.yaml), else inline")
+    check.add_argument("--samples-per-prompt", type=int, default=4,
+                       help="student samples per prompt for the on-policy check (0: greedy check only)")
 
     generate = commands.add_parser("generate", help="answer one prompt with a model")
     generate.add_argument("--model", default=DEFAULT_MODEL, help="embedded name, directory (e.g. a run's "
@@ -287,20 +289,29 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_teacher_check(args: argparse.Namespace) -> int:
-    from .config import PromptConfig
-    from .evaluation.teacher_check import teacher_check
+    from .config import LossConfig, PromptConfig
+    from .evaluation.teacher_check import on_policy_check, teacher_check
     from .models import load_tokenizer
     from .skills import read_skill
 
     skill = read_skill(args.skill)
     mode = args.teacher_mode or skill.training.get("prompts.teacher_mode", "inline")
-    result = teacher_check(load_inference_model(args.model), load_tokenizer(args.model), skill.splits["demonstrations"],
-                           skill.scorer, PromptConfig(teacher_mode=mode), skill.max_new_tokens, args.sample)
-    print(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=2))
+    model, tokenizer = load_inference_model(args.model), load_tokenizer(args.model)
+    records, prompts = skill.splits["demonstrations"], PromptConfig(teacher_mode=mode)
+    result = teacher_check(model, tokenizer, records, skill.scorer, prompts, skill.max_new_tokens, args.sample)
+    summary = {"greedy": {k: v for k, v in result.items() if k != "examples"}}
     if not result["teacher_clearly_better"]:
         print(f"warning: with the demonstration in its prompt the model scores {100 * result['teacher_score']:.0f}% "
               f"vs {100 * result['student_score']:.0f}% without; SDFT needs a clearly better teacher "
               "(try --teacher-mode prior_turn, or SFT)", file=sys.stderr)
+    if args.samples_per_prompt > 0:
+        skip = int(skill.training.get("loss.skip_first_tokens", LossConfig().skip_first_tokens))
+        on_policy = on_policy_check(model, tokenizer, records, skill.scorer, prompts, skill.max_new_tokens,
+                                    args.sample, args.samples_per_prompt, skip_first_tokens=skip)
+        summary["on_policy"] = {k: v for k, v in on_policy.items() if k != "examples"}
+        if not on_policy["verdict"].startswith("signal") or ";" in on_policy["verdict"]:
+            print(f"warning: {on_policy['verdict']}", file=sys.stderr)
+    print(json.dumps(summary, indent=2))
     return 0
 
 

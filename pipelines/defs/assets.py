@@ -124,7 +124,11 @@ def curated_demonstrations(context: dg.AssetExecutionContext, config: CurationRu
                                          description="every teacher prompt still contains its question verbatim"),
                        dg.AssetCheckSpec("teacher_beats_student", asset="teacher_contexts",
                                          description="the parent answers better with the demonstration in its "
-                                                     "prompt (SDFT's in-context assumption); a warning only")])
+                                                     "prompt (SDFT's in-context assumption); a warning only"),
+                       dg.AssetCheckSpec("teacher_signal_on_student_samples", asset="teacher_contexts",
+                                         description="on the student's own samples, SDFT's implicit reward ranks "
+                                                     "right answers above wrong ones on the loss tokens, and the "
+                                                     "teacher stops where a demonstration ends; a warning only")])
 def teacher_contexts(context: dg.AssetExecutionContext, config: PromptRunConfig, curated_demonstrations: dict,
                      skill_data: SkillData, registry: MlflowRegistry):
     """Student and teacher prompts, as the parent model's tokenizer sees them; the parent is fixed here."""
@@ -160,21 +164,23 @@ def teacher_contexts(context: dg.AssetExecutionContext, config: PromptRunConfig,
                               description=f"{len(lost)} teacher prompts lost their question" if lost else
                               f"all {len(rows)} teacher prompts contain their question",
                               metadata={"lost": dg.MetadataValue.json(lost[:50])})
-    yield _teacher_check(parent["model"], tokenizer, value, prompts, sample)
+    yield from _teacher_checks(parent["model"], tokenizer, value, prompts, sample)
 
 
-def _teacher_check(model_spec: str, tokenizer, value: dict, prompts: PromptConfig,
-                   sample: int) -> dg.AssetCheckResult:
+def _teacher_checks(model_spec: str, tokenizer, value: dict, prompts: PromptConfig, sample: int):
+    """The greedy teacher check and the on-policy check (`sdft_core.evaluation.teacher_check`), as warnings."""
     if sample <= 0:
-        return dg.AssetCheckResult(check_name="teacher_beats_student", passed=True,
-                                   description="skipped (teacher_check_sample: 0)")
-    from sdft_core.evaluation.teacher_check import teacher_check
+        for name in ("teacher_beats_student", "teacher_signal_on_student_samples"):
+            yield dg.AssetCheckResult(check_name=name, passed=True, description="skipped (teacher_check_sample: 0)")
+        return
+    from sdft_core.config import LossConfig
+    from sdft_core.evaluation.teacher_check import on_policy_check, teacher_check
     from sdft_core.models import load_inference_model
 
     spec = value["spec"]
-    result = teacher_check(load_inference_model(model_spec), tokenizer,
-                           read_jsonl(value["train_path"]), spec["scorer"], prompts, spec["max_new_tokens"], sample)
-    return dg.AssetCheckResult(
+    model, records = load_inference_model(model_spec), read_jsonl(value["train_path"])
+    result = teacher_check(model, tokenizer, records, spec["scorer"], prompts, spec["max_new_tokens"], sample)
+    yield dg.AssetCheckResult(
         check_name="teacher_beats_student", passed=result["teacher_clearly_better"],
         severity=dg.AssetCheckSeverity.WARN,
         description=f"with the demonstration {100 * result['teacher_score']:.0f}%, without "
@@ -183,6 +189,17 @@ def _teacher_check(model_spec: str, tokenizer, value: dict, prompts: PromptConfi
                        "; SDFT needs a clearly better teacher (try prompts.teacher_mode: prior_turn, or SFT)"),
         metadata={"teacher_score": result["teacher_score"], "student_score": result["student_score"],
                   "gain": result["gain"], "min_gain": result["min_gain"], "teacher_mode": prompts.teacher_mode})
+    # The loss mask of the skill's training overrides (else the paper's 3 tokens): the signal must be where the loss is.
+    skip = int(spec["training"].get("loss.skip_first_tokens", LossConfig().skip_first_tokens))
+    check = on_policy_check(model, tokenizer, records, spec["scorer"], prompts, spec["max_new_tokens"], sample,
+                            samples_per_prompt=4, skip_first_tokens=skip)
+    clean = check["verdict"].startswith("signal") and ";" not in check["verdict"]
+    yield dg.AssetCheckResult(
+        check_name="teacher_signal_on_student_samples", passed=clean, severity=dg.AssetCheckSeverity.WARN,
+        description=check["verdict"],
+        metadata={k: check[k] for k in ("reward_auc", "reward_auc_all_tokens", "student_sample_score", "coverage",
+                                        "informative_prompts", "teacher_stop_probability", "skip_first_tokens")
+                  if check[k] is not None})
 
 
 @dg.asset(partitions_def=skills, group_name=SKILL_CHAIN, kinds={"pytorch", "accelerate", "mlflow"})

@@ -139,3 +139,19 @@ def test_sharded_run_killed_part_way_resumes_to_the_same_weights(model_dir, data
     want, got = weights(tmp_path / "reference"), weights(tmp_path / "crashed")
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=0, atol=1e-6)
+
+
+def test_teacher_check_cli_reports_the_greedy_and_the_on_policy_check(model_dir, tmp_path):
+    from sdft_core.skills import Skill, write_skill
+
+    rows = [r | {"answers": [r["demonstration"]]} for r in toy_records(6)]
+    folder = write_skill(Skill("toy", "toy", "short_answer", 4, "test", {"loss.skip_first_tokens": 1},
+                               {"demonstrations": rows}), tmp_path)
+    result = run([str(BIN / "sdft"), "teacher-check", "--skill", str(folder), "--model", str(model_dir),
+                  "--sample", "3", "--samples-per-prompt", "2"])
+    report = json.loads(result.stdout)
+    assert report["greedy"]["n"] == 3 and report["on_policy"]["n"] == 3
+    assert report["on_policy"]["samples_per_prompt"] == 2 and report["on_policy"]["skip_first_tokens"] == 1
+    assert report["on_policy"]["verdict"] and 0.0 <= report["on_policy"]["teacher_stop_probability"] <= 1.0
+    # a random model answers nothing right: both checks warn, on standard error
+    assert "SDFT needs a clearly better teacher" in result.stderr and "warning: no signal" in result.stderr

@@ -112,6 +112,8 @@ def test_chain_registers_a_champion_with_lineage(chain):
     assert checks["rejected_share_within_limit"].passed and checks["teacher_prompts_keep_question"].passed
     teacher = checks["teacher_beats_student"]
     assert teacher.severity == dg.AssetCheckSeverity.WARN and "training records" in teacher.description
+    signal = checks["teacher_signal_on_student_samples"]  # a random model has no signal: a warning, not a stop
+    assert signal.severity == dg.AssetCheckSeverity.WARN and not signal.passed and "signal" in signal.description
     folder = chain.data / "skills" / "toy"
     (version,) = chain.versions()
     tags = version.tags
