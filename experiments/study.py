@@ -92,9 +92,13 @@ class StudyConfig:
     drift_prior_prompts_per_task: int = 10
     drift_prior_max_new_tokens: int = 48
     teacher_check_sample: int = 32
-    # SDFT at its chosen rate with other settings: {name, method, overrides, seeds}; each is a unit per skill
+    # A method at its chosen rate with other settings: {name, method, overrides, seeds, skills (default: all)}
     ablations: list[dict[str, Any]] = field(default_factory=lambda: [
         {"name": "mask0", "method": "sdft", "overrides": {"loss.skip_first_tokens": 0}, "seeds": [0]},
+        # knowledge's teacher reads the paper's template, which asks for "the thinking process" after a 4-token
+        # answer; tool_use already shows the demonstration as an earlier turn
+        {"name": "prior_turn", "method": "sdft", "overrides": {"prompts.teacher_mode": "prior_turn"},
+         "seeds": [0], "skills": ["knowledge"]},
         {"name": "gen2", "method": "sdft", "overrides": {"rollout.num_generations": 2, "batch_size": 4},
          "seeds": [0]},
     ])
@@ -345,7 +349,7 @@ class Study:
                 for seed in c.seeds[1:]:
                     self.run_unit(self.sweep_name(skill, method, lr, seed), skill, method, lr, seed)
         for ablation in c.ablations:
-            for skill in c.skills:
+            for skill in ablation.get("skills", c.skills):
                 lr = self.chosen_rate(skill, ablation["method"])
                 method, label = ablation["method"], ablation["name"]
                 for seed in ablation.get("seeds", c.seeds[:1]):
