@@ -616,7 +616,8 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="summarize the finished units, train nothing")
     parser.add_argument("--commit", action="store_true", help="git-commit each unit as it lands")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    # force: an imported library may have set up the root logger already, which would silence ours
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
     fields = yaml.safe_load(args.config.read_text()) if args.config else {}
     study = Study(StudyConfig(**(fields or {})), args.out, args.work, commit=args.commit)
     started = time.perf_counter()
