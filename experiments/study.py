@@ -616,10 +616,10 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="summarize the finished units, train nothing")
     parser.add_argument("--commit", action="store_true", help="git-commit each unit as it lands")
     args = parser.parse_args()
-    # force: an imported library may have set up the root logger already, which would silence ours
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
     fields = yaml.safe_load(args.config.read_text()) if args.config else {}
     study = Study(StudyConfig(**(fields or {})), args.out, args.work, commit=args.commit)
+    # after MLflow's import, which sets up logging its own way; force replaces whatever handlers were there
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
     started = time.perf_counter()
     result = study.report() if args.report_only else study.run()
     args.json.parent.mkdir(parents=True, exist_ok=True)
