@@ -84,7 +84,8 @@ def main() -> None:
                                   output_dir=args.work / "evals" / name)
         outputs = [json.loads(line)["output"] for line in
                    (args.work / "evals" / name / "dates.predictions.jsonl").read_text().splitlines()]
-        result["models"][name] = {"score": scores.score, "items": scores.item_scores, "ids": scores.item_ids,
+        result["item_ids"] = scores.item_ids  # the same eval items, in the same order, for every model
+        result["models"][name] = {"score": scores.score, "items": "".join(str(int(v)) for v in scores.item_scores),
                                   "exact": scores.metrics.get("exact"),
                                   "mean_words": sum(len(o.split()) for o in outputs) / len(outputs),
                                   "example_outputs": outputs[:3]}
@@ -92,7 +93,8 @@ def main() -> None:
             base = result["models"]["base"]
             from sdft_core.evaluation.suite import TaskResult
 
-            before = TaskResult("dates", "", base["score"], len(base["items"]), base["ids"], base["items"])
+            before = TaskResult("dates", "", base["score"], len(base["items"]), result["item_ids"],
+                                [float(v) for v in base["items"]])
             result["models"][name]["delta_ci"] = list(paired_difference_ci(before, scores))
         log.info("%s: %.3f", name, scores.score)
         args.out.write_text(json.dumps(result, indent=1) + "\n")
