@@ -64,7 +64,7 @@ from sdft_core.evaluation.suite import (
     paired_difference_ci,
 )
 from sdft_core.evaluation.tasks import PRIOR_SUITE, subsample, task_items
-from sdft_core.evaluation.teacher_check import teacher_check
+from sdft_core.evaluation.teacher_check import on_policy_check, teacher_check
 from sdft_core.prompts import encode_messages
 from sdft_core.records import chat_messages, records_from_dicts
 from sdft_core.skills import BUILDERS, Skill, read_skill
@@ -216,6 +216,32 @@ class Study:
         gc.collect()
         return unit
 
+    def checks_unit(self) -> dict[str, Any]:
+        """The on-policy check of each skill on the base model (`on_policy_check`): does SDFT's implicit reward
+        rank the student's right samples above its wrong ones, and does the teacher stop where a demonstration
+        ends? Set against what SDFT then does, it tests whether the check predicts the outcome."""
+        from sdft_core.config import LossConfig, PromptConfig
+        from sdft_core.models import load_inference_model
+
+        unit = self.done("checks")
+        if unit is not None:
+            return unit
+        model, unit = load_inference_model(self.config.model), {"name": "checks", "on_policy": {}}
+        for skill in self.config.skills:
+            spec = self.skill(skill)
+            training = spec.training | self.config.overrides
+            check = on_policy_check(model, self.tokenizer, spec.splits["demonstrations"], spec.scorer,
+                                    PromptConfig(teacher_mode=training.get("prompts.teacher_mode", "inline")),
+                                    spec.max_new_tokens, sample=self.config.teacher_check_sample,
+                                    skip_first_tokens=int(training.get("loss.skip_first_tokens",
+                                                                       LossConfig().skip_first_tokens)),
+                                    batch_size=self.config.eval_batch_size)
+            unit["on_policy"][skill] = {k: v for k, v in check.items() if k != "examples"}
+        self.save_unit("checks", unit)
+        del model
+        gc.collect()
+        return unit
+
     def teacher_check(self, model, skill: str) -> dict[str, Any]:
         from sdft_core.config import PromptConfig
 
@@ -340,6 +366,7 @@ class Study:
     def run(self) -> dict[str, Any]:
         c = self.config
         self.base_unit()
+        self.checks_unit()
         for skill in c.skills:
             for method in c.methods:
                 for lr in c.learning_rates:
@@ -395,8 +422,8 @@ def summarize(config: StudyConfig, units: dict[str, dict[str, Any]]) -> dict[str
     base = units.get("base")
     result: dict[str, Any] = {"model": config.model, "config": asdict(config),
                               "prior_items_per_task": config.prior_items_per_task, "base": None,
-                              "teacher_check": {}, "sweep": [], "runs": [], "ablations": [], "sequential": [],
-                              "targets": []}
+                              "teacher_check": {}, "on_policy_check": {}, "sweep": [], "runs": [], "ablations": [],
+                              "sequential": [], "targets": []}
     if base is None:
         return result
     base_prior = _results(base, base["item_ids"]["prior"])
@@ -407,9 +434,10 @@ def summarize(config: StudyConfig, units: dict[str, dict[str, Any]]) -> dict[str
                       "repetition_rate": {s: v.get("repetition_rate") for s, v in base["skills"].items()},
                       "kl_prior": base["kl"]["prior"]["mean"]}
     result["teacher_check"] = base.get("teacher_check", {})
+    result["on_policy_check"] = units.get("checks", {}).get("on_policy", {})
     rows = []
     for unit in units.values():
-        if unit["name"] == "base":
+        if "skill" not in unit:  # the base model and the checks
             continue
         skill = unit["skill"]
         prior = _results(unit, base["item_ids"]["prior"])
@@ -521,6 +549,15 @@ def write_report(result: dict[str, Any], out: Path) -> None:
     for skill, check in result["teacher_check"].items():
         lines.append(f"| {skill} | {check['teacher_mode']} | {check['n']} | {_pct(check['student_score'])} | "
                      f"{_pct(check['teacher_score'])} | {'yes' if check['teacher_clearly_better'] else 'NO'} |")
+    if result["on_policy_check"]:
+        lines += ["", "## On-policy check (base model, the student's own samples; see sdft teacher-check)", "",
+                  "| skill | student samples right | reward AUC, loss tokens | reward AUC, all tokens | P(end) after a "
+                  "demonstration | verdict |", "|---|---|---|---|---|---|"]
+        for skill, check in result["on_policy_check"].items():
+            auc, auc_all = check["reward_auc"], check["reward_auc_all_tokens"]
+            lines.append(f"| {skill} | {_pct(check['student_sample_score'])} | "
+                         f"{'-' if auc is None else f'{auc:.2f}'} | {'-' if auc_all is None else f'{auc_all:.2f}'} | "
+                         f"{check['teacher_stop_probability']:.2f} | {check['verdict']} |")
     if result["runs"]:
         lines += ["", "## Frontier points (each method at its validation-chosen rate, mean over seeds [95% t "
                   "interval])", "",

@@ -70,6 +70,10 @@ def test_every_unit_lands_with_its_scores_items_and_drift(finished):
     assert {n for n in units if "mask0" in n} == {f"{s}-sdft-mask0-lr{lr:g}-seed0" for s, lr in sdft_rates.items()}
     base = units["base"]
     assert [len(base["item_ids"]["prior"][t]) for t in PRIOR_SUITE] == [3] * len(PRIOR_SUITE)
+    checks = units.pop("checks")["on_policy"]
+    assert set(checks) == set(config.skills)
+    assert checks["tool_use"]["teacher_mode"] == "prior_turn" and checks["knowledge"]["teacher_mode"] == "inline"
+    assert all(c["n"] == 2 and c["verdict"] for c in checks.values())
     for name, unit in units.items():
         for task in PRIOR_SUITE:
             assert len(unit["prior"][task]["items"]) == 3 and set(unit["prior"][task]["items"]) <= {"0", "1"}
@@ -107,7 +111,8 @@ def test_the_report_has_the_published_shape_and_the_new_fields(finished):
     assert [r["kind"] for r in on_disk["ablations"]] == ["ablation:mask0"] * len(config.skills)
     assert len(on_disk["targets"]) == len(config.skills)
     report = (root / "out" / "report.md").read_text()
-    for heading in ("## Frontier points", "## Sweep (every model)", "## Ablations", "## Target"):
+    assert set(on_disk["on_policy_check"]) == set(config.skills)
+    for heading in ("## On-policy check", "## Frontier points", "## Sweep (every model)", "## Ablations", "## Target"):
         assert heading in report
     for picture in ("pareto.png", "drift.png"):
         assert (root / "out" / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
