@@ -24,7 +24,7 @@ install: ## create .venv with the project, its pipeline, test tools and the embe
 $(INSTALLED): pyproject.toml Makefile
 	$(MAKE) install
 
-test: $(INSTALLED) ## the whole test suite (CPU, tiny random-weight models; ~15 min on 2 cores)
+test: $(INSTALLED) ## the whole test suite (CPU, tiny random-weight models; ~12 min on 2 cores)
 	$(PY) -m pytest -q
 
 demo: $(INSTALLED) data ## the main job: the bundled `science` skill from its data to a registered, evaluated model
