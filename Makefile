@@ -52,5 +52,5 @@ bench: $(INSTALLED) ## seconds per optimizer step: our SDFT vs TRL's SDFTTrainer
 eval:  ## the prior-capability suite on the embedded model (~6 min on 2 CPU cores)
 	$(VENV)/bin/sdft eval --out reports/eval/base
 
-study: $(INSTALLED) ## the forgetting study: SFT vs DFT vs SDFT over a rate sweep, seeds, ablations (~4 h on 2 CPU cores; resumes)
+study: $(INSTALLED) ## the forgetting study: SFT vs DFT vs SDFT over a rate sweep, seeds, ablations (about 5 h on 2 CPU cores; resumes)
 	$(PY) experiments/study.py
