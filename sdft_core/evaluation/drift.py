@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..decoding import position_ids
 from ..models import eos_token_ids, output_head
 from ..rollout import pad, sample_completions, sample_key
 
@@ -88,23 +89,31 @@ def sample_base(model: nn.Module, tokenizer, prompts: Sequence[list[int]], path:
                              "delete it or choose another path")
         return samples
 
-    eos = eos_token_ids(model, tokenizer)
-    completions: list[list[int]] = [[] for _ in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # similar lengths share a batch
-    for start in range(0, len(order), batch_size):
-        batch = order[start:start + batch_size]
-        rollout = sample_completions(model, [list(prompts[i]) for i in batch], [sample_key(seed, i) for i in batch],
-                                     pad_token_id=tokenizer.pad_token_id, eos_token_ids=eos,
-                                     max_new_tokens=max_new_tokens, temperature=1.0)
-        lengths = rollout.completion_mask.sum(-1).tolist()
-        for row, index in enumerate(batch):
-            completions[index] = rollout.completion_ids[row, :lengths[row]].tolist()
-
+    completions = sample_token_lists(model, tokenizer, prompts, [sample_key(seed, i) for i in range(len(prompts))],
+                                     max_new_tokens, batch_size)
     samples = BaseSamples(path, [list(p) for p in prompts], completions)
     log_probs = torch.cat(list(completion_log_probs(model, samples.prompt_ids, completions, tokenizer.pad_token_id,
                                                     batch_size)))
     _write(path, samples, log_probs, {"key": key, "max_new_tokens": max_new_tokens, "seed": seed})
     return _read(path)[0]
+
+
+def sample_token_lists(model: nn.Module, tokenizer, prompts: Sequence[list[int]], row_keys: Sequence[int],
+                       max_new_tokens: int, batch_size: int = 16) -> list[list[int]]:
+    """One temperature-1 completion per prompt (EOS included when emitted), in prompt order. Prompts of similar
+    length share a batch; each row's sample depends only on its key (counter-based sampling), not on the batch."""
+    eos = eos_token_ids(model, tokenizer)
+    completions: list[list[int]] = [[] for _ in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        rollout = sample_completions(model, [list(prompts[i]) for i in batch], [row_keys[i] for i in batch],
+                                     pad_token_id=tokenizer.pad_token_id, eos_token_ids=eos,
+                                     max_new_tokens=max_new_tokens, temperature=1.0)
+        lengths = rollout.completion_mask.sum(-1).tolist()
+        for row, index in enumerate(batch):
+            completions[index] = rollout.completion_ids[row, :lengths[row]].tolist()
+    return completions
 
 
 def kl_to_base(model: nn.Module, samples: BaseSamples, pad_token_id: int, batch_size: int = 16,
@@ -160,8 +169,8 @@ def completion_log_probs(model: nn.Module, prompt_ids: Sequence[list[int]], comp
             # The state at the last prompt position predicts the first completion token, and so on.
             input_ids = torch.cat([prompts, completions[:, :-1]], dim=1)
             attention_mask = torch.cat([prompt_mask, completion_mask[:, :-1]], dim=1)
-            positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-            hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+            hidden = decoder(input_ids=input_ids, attention_mask=attention_mask,
+                             position_ids=position_ids(attention_mask),
                              use_cache=False).last_hidden_state[:, prompts.shape[1] - 1:]
             hidden = hidden[completion_mask.bool()]  # row by row, each completion's tokens in order
             logits = torch.nn.functional.linear(hidden.float(), weight.float(), None if bias is None else bias.float())

@@ -63,8 +63,8 @@ def on_policy_check(model, tokenizer, records: Sequence[dict], scorer: str, prom
     import torch
 
     from ..models import eos_token_ids
-    from ..rollout import sample_completions, sample_key
-    from .drift import completion_log_probs
+    from ..rollout import sample_key
+    from .drift import completion_log_probs, sample_token_lists
 
     prompts = prompts or PromptConfig()
     chosen = subsample(list(records), sample, seed)
@@ -72,16 +72,9 @@ def on_policy_check(model, tokenizer, records: Sequence[dict], scorer: str, prom
     student_ids = [encode_messages(tokenizer, d.messages) for d in demonstrations]
     teacher_ids = [encode_teacher(d, tokenizer, prompts)[0] for d in demonstrations]
     rows = [(i, g) for i in range(len(chosen)) for g in range(samples_per_prompt)]
-    completions: list[list[int]] = []
+    completions = sample_token_lists(model, tokenizer, [student_ids[i] for i, _ in rows],
+                                     [sample_key(seed, i, g) for i, g in rows], max_new_tokens, batch_size)
     eos = eos_token_ids(model, tokenizer)
-    for start in range(0, len(rows), batch_size):
-        part = rows[start:start + batch_size]
-        keys = [sample_key(seed, i, g) for i, g in part]
-        rollout = sample_completions(model, [student_ids[i] for i, _ in part], keys,
-                                     pad_token_id=tokenizer.pad_token_id, eos_token_ids=eos,
-                                     max_new_tokens=max_new_tokens, temperature=1.0)
-        lengths = rollout.completion_mask.sum(-1).tolist()
-        completions += [ids[:n] for ids, n in zip(rollout.completion_ids.tolist(), lengths)]
     answers = [tokenizer.decode(c, skip_special_tokens=True).strip() for c in completions]
     correct = [score_answer(scorer, answer, chosen[i])["correct"] for answer, (i, _) in zip(answers, rows)]
 
