@@ -367,10 +367,12 @@ class Study:
         c = self.config
         self.base_unit()
         self.checks_unit()
+        # every skill's sweep before any repeat seed: a study cut short still has each skill's full picture
         for skill in c.skills:
             for method in c.methods:
                 for lr in c.learning_rates:
                     self.run_unit(self.sweep_name(skill, method, lr, c.seeds[0]), skill, method, lr, c.seeds[0])
+        for skill in c.skills:
             for method in c.methods:
                 lr = self.chosen_rate(skill, method)
                 for seed in c.seeds[1:]:
