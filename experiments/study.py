@@ -102,6 +102,16 @@ class StudyConfig:
         {"name": "gen2", "method": "sdft", "overrides": {"rollout.num_generations": 2, "batch_size": 4},
          "seeds": [0]},
     ])
+    # The sequential chain. An earlier tool_use -> science SDFT chain fell into loops ("The answer is D. The answer
+    # is D. ..."). Every model of the first skill's sweep is scored on `chain_skill` (does the first link already
+    # loop, and at which rates?), then SDFT trains `chain_skill` at the first skill's chosen SDFT rate from the
+    # first skill's SDFT model ("first") or from the base ("base"), each variant changing one suspect.
+    chain_skill: str | None = "science"
+    chain_variants: list[dict[str, Any]] = field(default_factory=lambda: [
+        {"name": "chained", "from": "first"},
+        {"name": "from_base", "from": "base"},
+        {"name": "chained_prior_turn", "from": "first", "overrides": {"prompts.teacher_mode": "prior_turn"}},
+    ])
     skills_dir: str = "data/skills"  # bundled skills are built from the packages when missing here
     eval_batch_size: int = 16
     overrides: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields for every run, dotted keys
@@ -170,8 +180,10 @@ class Study:
         if name not in self._drift_samples:
             prompts, budget = self.drift_prompts(name)
             path = self.drift_path(name, prompts, budget)
-            if base_model is None and not path.exists():
-                raise RuntimeError(f"base samples for {name} are not cached yet (the base unit makes them)")
+            if base_model is None and not path.exists():  # the chain's skill: sampled when first needed
+                from sdft_core.models import load_inference_model
+
+                base_model = load_inference_model(self.config.model)
             self._drift_samples[name] = sample_base(base_model, self.tokenizer, prompts, path, max_new_tokens=budget,
                                                     batch_size=self.config.eval_batch_size)
         return self._drift_samples[name]
@@ -253,9 +265,9 @@ class Study:
         return {k: v for k, v in check.items() if k != "examples"}
 
     def train_config(self, skill: str, method: str, lr: float, seed: int, overrides: dict[str, Any],
-                     output_dir: Path) -> TrainConfig:
+                     output_dir: Path, parent: str | None = None) -> TrainConfig:
         c, spec = self.config, self.skill(skill)
-        config = TrainConfig(method=method, model=c.model, output_dir=str(output_dir), max_steps=c.steps,
+        config = TrainConfig(method=method, model=parent or c.model, output_dir=str(output_dir), max_steps=c.steps,
                              epochs=c.epochs, batch_size=c.batch_size, micro_batch_size=c.batch_size,
                              learning_rate=lr, warmup_steps=c.warmup_steps, seed=seed,
                              checkpoint_every=max(1, (c.steps or 32) // 4))
@@ -267,17 +279,22 @@ class Study:
         return with_overrides(config, {"micro_batch_size": config.batch_size * config.rollout.num_generations})
 
     def run_unit(self, name: str, skill: str, method: str, lr: float, seed: int,
-                 overrides: dict[str, Any] | None = None, kind: str = "sweep") -> dict[str, Any]:
+                 overrides: dict[str, Any] | None = None, kind: str = "sweep", parent: str | None = None,
+                 also_scored: list[str] = ()) -> dict[str, Any]:
+        """Train one model (from the base, or from `parent`, another unit's name) and score it on its skill and
+        `also_scored`, the prior suite and the drift."""
         unit = self.done(name)
         if unit is not None:
             return unit
         overrides = overrides or {}
         run_dir = self.work / "runs" / name
-        config = self.train_config(skill, method, lr, seed, overrides, run_dir)
+        config = self.train_config(skill, method, lr, seed, overrides, run_dir,
+                                   parent and str(self.model_dir(parent)))
         records = records_from_dicts(self.skill(skill).splits["demonstrations"], source=f"{skill}/demonstrations")
-        log.info("unit %s: training (%s, lr %g, seed %d, %s)", name, method, lr, seed, overrides or "defaults")
+        log.info("unit %s: training (%s, lr %g, seed %d, %s, from %s)", name, method, lr, seed,
+                 overrides or "defaults", parent or "base")
         with self.mlflow.start_run(run_name=name):
-            self.mlflow.set_tags({"skill": skill, "method": method, "kind": kind})
+            self.mlflow.set_tags({"skill": skill, "method": method, "kind": kind, "parent": parent or "base"})
             self.mlflow.log_params({"lr": lr, "seed": seed, "method": method, "skill": skill,
                                     "overrides": json.dumps(overrides), "steps": config.max_steps,
                                     "epochs": config.epochs, "batch_size": config.batch_size})
@@ -288,7 +305,7 @@ class Study:
 
             model = load_inference_model(str(result.model_dir))
             started = time.perf_counter()
-            scores = self.scores(model, name, [skill])
+            scores = self.scores(model, name, [skill, *also_scored])
             eval_seconds = time.perf_counter() - started
             del model
             self.mlflow.log_metrics({"new_skill": scores["skills"][skill]["score"],
@@ -300,12 +317,45 @@ class Study:
             self.mlflow.log_artifacts(str(self.work / "evals" / name), artifact_path="predictions")
         metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
         unit = {"name": name, "kind": kind, "skill": skill, "method": method, "lr": lr, "seed": seed,
-                "overrides": overrides, "train": training_summary(metrics) | {
+                "overrides": overrides, "parent": parent, "train": training_summary(metrics) | {
                     "seconds": train_seconds, "sequences": len(metrics) * config.batch_size *
                     config.rollout.num_generations}} | scores
         unit["eval_seconds"] = eval_seconds
         self.save_unit(name, unit)
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # only for resuming; weights stay in model/
+        gc.collect()
+        return unit
+
+    def model_dir(self, name: str) -> Path:
+        """A finished unit's weights ("base": the base model's name); trained again, with the unit's own config and
+        seed, on a machine that has the committed unit but not its weights."""
+        if name == "base":
+            return Path(self.config.model)
+        path = self.work / "runs" / name / "model"
+        if not (path / "model.safetensors").exists():
+            unit = self.done(name)
+            log.info("unit %s: weights missing here, training it again", name)
+            config = self.train_config(unit["skill"], unit["method"], unit["lr"], unit["seed"], unit["overrides"],
+                                       path.parent, unit.get("parent") and str(self.model_dir(unit["parent"])))
+            records = records_from_dicts(self.skill(unit["skill"]).splits["demonstrations"], source=unit["skill"])
+            train(config, records.accepted)
+        return path
+
+    def cross_unit(self, parent: str, skill: str) -> dict[str, Any]:
+        """A finished model (or the base) scored on another skill's eval split: its score and its loop rate."""
+        name = f"cross-{skill}-{parent}"
+        unit = self.done(name)
+        if unit is not None:
+            return unit
+        from sdft_core.models import load_inference_model
+
+        model = load_inference_model(str(self.model_dir(parent)))
+        started = time.perf_counter()
+        unit = {"name": name, "kind": "cross", "skill": skill, "parent": parent,
+                "skills": {skill: self.skill_scores(model, name, skill, "eval")},
+                "eval_seconds": time.perf_counter() - started}
+        del model
+        self.save_unit(name, unit)
         gc.collect()
         return unit
 
@@ -325,18 +375,8 @@ class Study:
         c, folder = self.config, self.work / "evals" / name
         out: dict[str, Any] = {"skills": {}, "validation": {}, "kl": {}}
         for skill in skills:
-            spec = self.skill(skill)
             for split, key in (("eval", "skills"), ("validation", "validation")):
-                result = evaluate_records(model, self.tokenizer, skill, self.items(skill, split), spec.scorer,
-                                          spec.max_new_tokens, output_dir=folder / split,
-                                          batch_size=c.eval_batch_size)
-                out[key][skill] = task_fields(result)
-                if split == "eval":
-                    predictions = [json.loads(line) for line in
-                                   (folder / split / f"{skill}.predictions.jsonl").read_text().splitlines()]
-                    out[key][skill]["repetition_rate"] = statistics.fmean(
-                        float(repeats_itself(p["output"])) for p in predictions)
-                    out[key][skill]["mean_words"] = statistics.fmean(len(p["output"].split()) for p in predictions)
+                out[key][skill] = self.skill_scores(model, name, skill, split)
             log.info("%s: %s eval %.3f validation %.3f", name, skill, out["skills"][skill]["score"],
                      out["validation"][skill]["score"])
         prior = evaluate_suite(model, self.tokenizer, {t: c.prior_items_per_task for t in PRIOR_SUITE},
@@ -351,6 +391,19 @@ class Study:
         log.info("%s: prior average %.3f, KL new skill %s, KL prior %.4f", name, out["prior_avg"],
                  {s: round(out["kl"][s]["mean"], 4) for s in skills}, out["kl"]["prior"]["mean"])
         return out
+
+    def skill_scores(self, model, name: str, skill: str, split: str) -> dict[str, Any]:
+        """Greedy score on a split's items; on eval also the share of answers stuck in a loop and their length."""
+        spec, folder = self.skill(skill), self.work / "evals" / name / split
+        result = evaluate_records(model, self.tokenizer, skill, self.items(skill, split), spec.scorer,
+                                  spec.max_new_tokens, output_dir=folder, batch_size=self.config.eval_batch_size)
+        fields = task_fields(result)
+        if split == "eval":
+            outputs = [json.loads(line)["output"] for line in
+                       (folder / f"{skill}.predictions.jsonl").read_text().splitlines()]
+            fields["repetition_rate"] = statistics.fmean(float(repeats_itself(o)) for o in outputs)
+            fields["mean_words"] = statistics.fmean(len(o.split()) for o in outputs)
+        return fields
 
     # ------------------------------------------------------------------------------------------ the plan
     def sweep_name(self, skill: str, method: str, lr: float, seed: int) -> str:
@@ -384,7 +437,22 @@ class Study:
                 for seed in ablation.get("seeds", c.seeds[:1]):
                     self.run_unit(f"{skill}-{method}-{label}-lr{lr:g}-seed{seed}", skill, method, lr, seed,
                                   ablation["overrides"], kind=f"ablation:{label}")
+        if c.chain_skill:
+            self.chain()
         return self.report()
+
+    def chain(self) -> None:
+        c, first, second = self.config, self.config.skills[0], self.config.chain_skill
+        self.cross_unit("base", second)
+        for method in c.methods:
+            for lr in c.learning_rates:
+                self.cross_unit(self.sweep_name(first, method, lr, c.seeds[0]), second)
+        lr = self.chosen_rate(first, "sdft")
+        for variant in c.chain_variants:
+            parent = self.sweep_name(first, "sdft", lr, c.seeds[0]) if variant["from"] == "first" else None
+            self.run_unit(f"chain-{second}-sdft-{variant['name']}-lr{lr:g}-seed{c.seeds[0]}", second, "sdft", lr,
+                          c.seeds[0], variant.get("overrides", {}), kind=f"chain:{variant['name']}", parent=parent,
+                          also_scored=[first])
 
     def report(self) -> dict[str, Any]:
         units = {p.stem: json.loads(p.read_text()) for p in sorted(self.units_dir.glob("*.json"))}
@@ -439,8 +507,8 @@ def summarize(config: StudyConfig, units: dict[str, dict[str, Any]]) -> dict[str
     result["on_policy_check"] = units.get("checks", {}).get("on_policy", {})
     rows = []
     for unit in units.values():
-        if "skill" not in unit:  # the base model and the checks
-            continue
+        if "skill" not in unit or unit["kind"] == "cross" or unit["kind"].startswith("chain:"):
+            continue  # the base model, the checks and the chain have their own tables
         skill = unit["skill"]
         prior = _results(unit, base["item_ids"]["prior"])
         row = {"skill": skill, "method": unit["method"], "lr": unit["lr"], "seed": unit["seed"],
@@ -469,7 +537,46 @@ def summarize(config: StudyConfig, units: dict[str, dict[str, Any]]) -> dict[str
             seeds = [r for r in result["sweep"] if (r["skill"], r["method"], r["lr"]) == (skill, method, lr)]
             result["runs"].append(frontier_point(skill, method, lr, seeds, result["base"]))
     result["targets"] = target_lines(result)
+    result["sequential"] = chain_rows(config, units, base_prior)
     return result
+
+
+def chain_rows(config: StudyConfig, units: dict[str, dict[str, Any]], base_prior: dict[str, TaskResult]) -> list:
+    """The chain's rows: each first-skill model (and the base) scored on the chain skill, then the chain skill's
+    SDFT models with the paired interval of their chain-skill score minus the base's on the same items."""
+    second, rows = config.chain_skill, []
+    base_cross = units.get(f"cross-{second}-base")
+    for unit in units.values():
+        if unit.get("kind") == "cross":
+            parent = units.get(unit["parent"], {})
+            fields = unit["skills"][unit["skill"]]
+            rows.append({"kind": "cross", "name": unit["name"], "parent": unit["parent"],
+                         "method": parent.get("method"), "lr": parent.get("lr"), "skill": unit["skill"],
+                         "score": fields["score"], "repetition_rate": fields["repetition_rate"],
+                         "mean_words": fields["mean_words"]})
+    for unit in units.values():
+        if not unit.get("kind", "").startswith("chain:"):
+            continue
+        skill, first = unit["skill"], config.skills[0]
+        fields = unit["skills"][skill]
+        row = {"kind": unit["kind"], "name": unit["name"], "parent": unit["parent"] or "base", "method": "sdft",
+               "lr": unit["lr"], "overrides": unit["overrides"], "skill": skill, "score": fields["score"],
+               "repetition_rate": fields["repetition_rate"], "mean_words": fields["mean_words"],
+               "first_skill": first, "first_skill_score": unit["skills"][first]["score"],
+               "first_skill_repetition_rate": unit["skills"][first]["repetition_rate"],
+               "prior_avg": unit["prior_avg"],
+               "prior_delta_ci": list(paired_difference_ci(base_prior,
+                                                           _results(unit, units["base"]["item_ids"]["prior"]))),
+               "kl_new_skill": unit["kl"][skill]["mean"], "kl_prior": unit["kl"]["prior"]["mean"],
+               "train": unit["train"]}
+        if base_cross is not None:
+            ids = [str(i) for i in range(fields["n"])]  # the same items in the same order for every model
+            before = base_cross["skills"][skill]
+            row["score_delta_ci"] = list(paired_difference_ci(
+                TaskResult(skill, "", before["score"], before["n"], ids, [float(b) for b in before["items"]]),
+                TaskResult(skill, "", fields["score"], fields["n"], ids, [float(b) for b in fields["items"]])))
+        rows.append(row)
+    return rows
 
 
 def _skill_result(unit: dict[str, Any], skill: str, base: dict[str, Any] | None = None) -> TaskResult:
@@ -584,9 +691,43 @@ def write_report(result: dict[str, Any], out: Path) -> None:
                          f"{_pct(r['prior_avg'])} | {_ci(r['prior_delta_ci'])} | {r['kl_new_skill']:.4f} "
                          f"{_ci(r['kl_new_skill_ci'], 1, 4)} | {r['kl_prior']:.4f} | {_pct(r['repetition_rate'])} | "
                          f"{r['mean_words']:.1f} |")
+    lines += chain_lines(result["sequential"])
     lines += ["", "![new skill vs prior average](pareto.png)", "", "![new skill vs KL to base](drift.png)", ""]
     (out / "report.md").write_text("\n".join(lines))
     plot(result, out)
+
+
+def chain_lines(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    cross = [r for r in rows if r["kind"] == "cross"]
+    chained = [r for r in rows if r["kind"] != "cross"]
+    lines = ["", "## Sequential chain", ""]
+    if cross:
+        lines += [f"The first link: each model of the sweep (seed 0) scored on {cross[0]['skill']}, the chain's next "
+                  "skill, greedy; loops = answers stuck in a repetition.", "",
+                  "| model | method | lr | score | loops | words |", "|---|---|---|---|---|---|"]
+        for r in sorted(cross, key=lambda r: (r["method"] or "", r["lr"] or 0)):
+            lr = "-" if r["lr"] is None else f"{r['lr']:g}"
+            lines.append(f"| {r['parent']} | {r['method'] or '-'} | {lr} | {_pct(r['score'])} | "
+                         f"{_pct(r['repetition_rate'])} | {r['mean_words']:.1f} |")
+    if chained:
+        lines += ["", "The second link: SDFT on the next skill, from the first skill's SDFT model or from the base; "
+                  "Δ = model − base on the same items (paired 95% interval); ended = share of the student's own "
+                  "training samples that ended before the token budget (first / last quarter of training).", "",
+                  "| variant | from | settings | score | Δ | loops | words | first skill | prior | Δ prior "
+                  "| KL prior | ended |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in chained:
+            settings = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "defaults"
+            delta = _ci(r["score_delta_ci"]) if "score_delta_ci" in r else "-"
+            train = r["train"]
+            ended = f"{_pct(train.get('eos_fraction_first_quarter'))} / {_pct(train.get('eos_fraction_last_quarter'))}"
+            variant = r["kind"].split(":", 1)[1]
+            lines.append(f"| {variant} | {r['parent']} | {settings} | {_pct(r['score'])} | {delta} | "
+                         f"{_pct(r['repetition_rate'])} | {r['mean_words']:.1f} | {r['first_skill']} "
+                         f"{_pct(r['first_skill_score'])} | {_pct(r['prior_avg'])} | {_ci(r['prior_delta_ci'])} | "
+                         f"{r['kl_prior']:.4f} | {ended} |")
+    return lines
 
 
 def plot(result: dict[str, Any], out: Path) -> None:

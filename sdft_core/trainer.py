@@ -495,7 +495,9 @@ class Trainer:
         from safetensors.torch import load_file
 
         checkpoints = list_checkpoints(self.output_dir)
-        if not checkpoints:
+        if not checkpoints:  # a fresh start: the log of an earlier run in this directory is not this run's
+            if self.accelerator.is_main_process:
+                _truncate_metrics(self.output_dir / "metrics.jsonl", 0)
             return None
         path = checkpoints[-1]
         state = json.loads((path / "state.json").read_text())

@@ -52,6 +52,8 @@ def finished(tmp_path_factory, tiny_model_dir):
         steps=2, batch_size=2, warmup_steps=0, prior_items_per_task=3, eval_items=3, validation_items=2,
         drift_prior_prompts_per_task=1, drift_prior_max_new_tokens=4, teacher_check_sample=2,
         ablations=[{"name": "mask0", "method": "sdft", "overrides": {"loss.skip_first_tokens": 0}, "seeds": [0]}],
+        chain_skill="knowledge",
+        chain_variants=[{"name": "chained", "from": "first"}, {"name": "from_base", "from": "base"}],
         skills_dir=str(root / "skills"), eval_batch_size=4)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
@@ -64,6 +66,11 @@ def test_every_unit_lands_with_its_scores_items_and_drift(finished):
     units = {p.stem: json.loads(p.read_text()) for p in (root / "out" / "units").glob("*.json")}
     sweep = {f"{s}-{m}-lr{lr:g}-seed0" for s in config.skills for m in config.methods for lr in config.learning_rates}
     assert sweep <= set(units) and "base" in units
+    cross = {n for n in units if n.startswith("cross-")}
+    assert cross == {"cross-knowledge-base"} | {f"cross-knowledge-{name}" for name in sweep if name.startswith("tool")}
+    for name in cross:
+        fields = units.pop(name)["skills"]["knowledge"]
+        assert len(fields["items"]) == 3 and 0.0 <= fields["repetition_rate"] <= 1.0
     seeds = {n for n in units if n.endswith("seed1")}
     assert len(seeds) == len(config.skills) * len(config.methods)  # the frontier point of each method, again
     sdft_rates = {r["skill"]: r["lr"] for r in result["runs"] if r["method"] == "sdft"}
@@ -74,6 +81,15 @@ def test_every_unit_lands_with_its_scores_items_and_drift(finished):
     assert set(checks) == set(config.skills)
     assert checks["tool_use"]["teacher_mode"] == "prior_turn" and checks["knowledge"]["teacher_mode"] == "inline"
     assert all(c["n"] == 2 and c["verdict"] for c in checks.values())
+    sdft_tool = next(f"tool_use-sdft-lr{r['lr']:g}-seed0" for r in result["runs"] if r["skill"] == "tool_use"
+                     and r["method"] == "sdft")
+    chained = units[f"chain-knowledge-sdft-chained-lr{sdft_rates['tool_use']:g}-seed0"]
+    assert chained["parent"] == sdft_tool and chained["kind"] == "chain:chained"
+    run_config = json.loads((root / "work" / "runs" / chained["name"] / "config.json").read_text())
+    assert run_config["model"] == str(root / "work" / "runs" / sdft_tool / "model")  # trained from the first link
+    assert units[f"chain-knowledge-sdft-from_base-lr{sdft_rates['tool_use']:g}-seed0"]["parent"] is None
+    assert set(chained["skills"]) == {"knowledge", "tool_use"}
+    assert set(chained["kl"]) == {"prior", "knowledge", "tool_use"}
     for name, unit in units.items():
         for task in PRIOR_SUITE:
             assert len(unit["prior"][task]["items"]) == 3 and set(unit["prior"][task]["items"]) <= {"0", "1"}
@@ -109,10 +125,17 @@ def test_the_report_has_the_published_shape_and_the_new_fields(finished):
         assert run["seeds"] == 2 and run["new_skill_mean"] == pytest.approx(sum(run["new_skill_per_seed"]) / 2)
         assert run["prior_drop"] == pytest.approx(on_disk["base"]["prior_avg"] - run["prior_avg_mean"])
     assert [r["kind"] for r in on_disk["ablations"]] == ["ablation:mask0"] * len(config.skills)
+    chain = on_disk["sequential"]
+    assert sorted(r["kind"] for r in chain) == ["chain:chained", "chain:from_base"] + ["cross"] * 7
+    for row in (r for r in chain if r["kind"] != "cross"):
+        low, high = row["score_delta_ci"]
+        assert low <= row["score"] - on_disk["base"]["new_skill"]["knowledge"] + 1e-9 <= high + 2e-9
+        assert row["first_skill"] == "tool_use" and 0.0 <= row["train"]["eos_fraction_last_quarter"] <= 1.0
     assert len(on_disk["targets"]) == len(config.skills)
     report = (root / "out" / "report.md").read_text()
     assert set(on_disk["on_policy_check"]) == set(config.skills)
-    for heading in ("## On-policy check", "## Frontier points", "## Sweep (every model)", "## Ablations", "## Target"):
+    for heading in ("## On-policy check", "## Frontier points", "## Sweep (every model)", "## Ablations", "## Target",
+                    "## Sequential chain"):
         assert heading in report
     for picture in ("pareto.png", "drift.png"):
         assert (root / "out" / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -132,3 +155,19 @@ def test_a_second_run_trains_nothing_and_a_lost_cache_is_sampled_again_identical
     assert [p.stat().st_mtime_ns for p in units] == stamps
     assert {p.name: p.read_bytes() for p in drift.iterdir()} == before
     assert again["runs"] == json.loads(json.dumps(result["runs"]))
+
+
+def test_a_chain_unit_whose_parent_weights_are_gone_trains_the_parent_again(finished):
+    root, module, config, result = finished
+    chained = next(r for r in result["sequential"] if r["kind"] == "chain:chained")
+    parent_model = root / "work" / "runs" / chained["parent"] / "model"
+    parent_unit = (root / "out" / "units" / f"{chained['parent']}.json").read_text()
+    (parent_model / "model.safetensors").unlink()  # another machine: the units are committed, the weights are not
+    (root / "out" / "units" / f"{chained['name']}.json").unlink()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        again = module.Study(config, root / "out", root / "work").run()
+    assert (parent_model / "model.safetensors").exists()
+    assert (root / "out" / "units" / f"{chained['parent']}.json").read_text() == parent_unit  # not scored again
+    redone = next(r for r in again["sequential"] if r["kind"] == "chain:chained")
+    assert redone["parent"] == chained["parent"] and redone["train"]["steps"] == config.steps

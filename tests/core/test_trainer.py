@@ -1,5 +1,6 @@
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -87,6 +88,16 @@ def test_full_run_writes_model_metrics_and_checkpoints(peaky_model_dir, records,
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000004", "step-000006"]
     assert events[0] == ("begin", 6) and events[-1] == ("end", 6)
     assert [e[1] for e in events if e[0] == "checkpoint"] == [2, 4, 6]
+
+
+def test_a_fresh_start_in_a_used_directory_logs_only_its_own_steps(peaky_model_dir, records, tmp_path):
+    train(config(peaky_model_dir, tmp_path, max_steps=3), records)
+    for checkpoint in list_checkpoints(tmp_path):  # kept weights, dropped checkpoints: the next run starts afresh
+        shutil.rmtree(checkpoint)
+    again = train(config(peaky_model_dir, tmp_path, max_steps=3), records)
+    assert again.resumed_from is None
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3]
 
 
 def test_learning_rate_schedule():
