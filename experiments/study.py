@@ -7,7 +7,8 @@
 For each skill (default tool_use and knowledge), SFT, DFT and SDFT are trained from the base model over the same
 learning-rate sweep (seed 0), from a rate that barely moves the model to one where SFT clearly forgets. Each
 method's frontier point is its rate with the best validation score; it is trained again with the other seeds.
-Then the ablations (SDFT with other settings at its chosen rate). Every model is scored on
+Then the ablations (SDFT with other settings at its chosen rate), then the sequential chain (`chain_skill`, default
+science: where do the loops of an earlier tool_use -> science SDFT chain come from?). Every model is scored on
 
 - the skill's eval split (greedy; with the share of answers stuck in a loop),
 - the prior-capability suite at `prior_items_per_task` items per task, the same items for every model, with a
@@ -29,7 +30,10 @@ it lands). The summary goes to `reports/study/report.md`, `pareto.png` (new skil
                 "kl_new_skill", "kl_prior", ...}],
      "runs": [{"skill", "method", "lr", "seeds", "new_skill_mean", "new_skill_ci", "prior_avg_mean", "prior_avg_ci",
                "prior_drop", "kl_new_skill_mean", "kl_prior_mean", ...}],          # each method's frontier point
-     "ablations": [...], "sequential": []}
+     "ablations": [...],
+     "sequential": [{"kind": "cross", "parent", "method", "lr", "score", "repetition_rate", ...},   # first link
+                    {"kind": "chain:<variant>", "parent", "score", "score_delta_ci", "repetition_rate",
+                     "first_skill_score", "prior_avg", "prior_delta_ci", "kl_prior", "train", ...}]}
 
 Scores are fractions in [0, 1]; KL is in nats per token.
 """
