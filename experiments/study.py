@@ -777,11 +777,13 @@ def plot(result: dict[str, Any], out: Path) -> None:
 
 
 def commit_file(path: Path, message: str, attempts: int = 5) -> None:
-    """Commit one file alone (the rest of the index is left as it is); retried while another git holds the lock."""
+    """Commit one file alone (the rest of the index is left as it is) to the repository that holds it, which may
+    not be this script's (a study pinned to a worktree writes into the main checkout); retried while another git
+    holds the lock."""
     for attempt in range(attempts):
-        added = subprocess.run(["git", "add", "--", str(path)], cwd=ROOT, capture_output=True, text=True)
+        added = subprocess.run(["git", "add", "--", path.name], cwd=path.parent, capture_output=True, text=True)
         done = added.returncode == 0 and subprocess.run(
-            ["git", "commit", "-q", "-m", message, "--", str(path)], cwd=ROOT, capture_output=True,
+            ["git", "commit", "-q", "-m", message, "--", path.name], cwd=path.parent, capture_output=True,
             text=True).returncode == 0
         if done:
             return
