@@ -171,3 +171,23 @@ def test_a_chain_unit_whose_parent_weights_are_gone_trains_the_parent_again(fini
     assert (root / "out" / "units" / f"{chained['parent']}.json").read_text() == parent_unit  # not scored again
     redone = next(r for r in again["sequential"] if r["kind"] == "chain:chained")
     assert redone["parent"] == chained["parent"] and redone["train"]["steps"] == config.steps
+
+
+def test_a_unit_is_committed_alone_to_the_repository_that_holds_it(tmp_path):
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True).stdout
+
+    git("init", "-q")
+    git("config", "user.email", "study@example.com")
+    git("config", "user.name", "study")
+    (tmp_path / "units").mkdir()
+    (tmp_path / "staged.txt").write_text("not the study's\n")
+    git("add", "staged.txt")
+    unit = tmp_path / "units" / "tool_use-sft-lr3e-05-seed0.json"
+    unit.write_text("{}\n")
+    _study_module().commit_file(unit, "study: unit tool_use-sft-lr3e-05-seed0")
+    assert git("log", "--format=%s").strip() == "study: unit tool_use-sft-lr3e-05-seed0"
+    assert git("show", "--name-only", "--format=", "HEAD").split() == ["units/tool_use-sft-lr3e-05-seed0.json"]
+    assert git("diff", "--cached", "--name-only").split() == ["staged.txt"]  # the user's staging is left alone
