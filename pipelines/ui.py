@@ -16,6 +16,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from pipelines.dagster_home import dagster_home
+
 GRACE_S = 15.0
 
 
@@ -100,8 +102,6 @@ def group_alive(pgid: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.cli import dagster_home
-
     parser = argparse.ArgumentParser(prog="sdft-pipeline ui", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dagster-port", type=int, default=3000)
