@@ -9,6 +9,8 @@ estimates: a gain of +4 points whose interval is [-6, +14] is not shown, so it d
 - optionally (`require_not_dominated_by_baseline`), when an SFT baseline trained on the same data, parent and
   budget was evaluated: fails when the baseline dominates the candidate (at least as good on the new skill and on
   the prior average, strictly better on one; equal points are not domination).
+
+A candidate that passes becomes champion only if it was trained from the current champion (`champion_outcome`).
 """
 
 from __future__ import annotations
@@ -101,3 +103,27 @@ def promotion_gate(candidate_skill: float, parent_skill: float, candidate_prior:
                            + " (not required: require_not_dominated_by_baseline is off)")
     return GateDecision(learned and kept and not_dominated, gain, change, reasons, (skill_low, skill_high),
                         (prior_low, prior_high), dominated)
+
+
+@dataclass(frozen=True)
+class ChampionOutcome:
+    promote: bool  # make the candidate the champion
+    summary: str  # what became of the champion, and why
+
+
+def champion_outcome(decision: GateDecision, candidate: int, champion: int | None, parent: int | None,
+                     parent_label: str) -> ChampionOutcome:
+    """What the gate's decision on registry version `candidate` does to the champion (`champion`: its version now,
+    None without one; `parent`: the version the candidate was trained from, None for the base model).
+
+    A candidate that passed replaces the champion only when it was trained from it: the champion may have moved on
+    while the candidate trained, and promoting the candidate then would drop the skills the newer champion learned.
+    """
+    if not decision.passed:
+        return ChampionOutcome(False, f"champion unchanged ({champion or 'none'}): {decision.summary()}")
+    if champion == candidate:
+        return ChampionOutcome(False, f"already champion: {decision.summary()}")
+    if champion != parent:
+        return ChampionOutcome(False, f"champion unchanged ({champion}): the candidate was trained from "
+                                      f"{parent_label}, not the current champion; retrain it from the champion")
+    return ChampionOutcome(True, f"promoted to champion (was {champion or 'none'}): {decision.summary()}")

@@ -31,7 +31,7 @@ from sdft_core.config import PromptConfig, TrainConfig, with_overrides
 from sdft_core.curation import CurationConfig, curate_skill, save_curated
 from sdft_core.evaluation.tasks import PRIOR_SUITE
 from sdft_core.lineage import dvc_dir_manifest, dvc_dir_md5, file_md5, git_commit
-from sdft_core.promotion import GateConfig, promotion_gate
+from sdft_core.promotion import GateConfig, champion_outcome, promotion_gate
 from sdft_core.records import read_demonstrations, read_jsonl, write_jsonl
 from sdft_core.skills import read_spec
 
@@ -444,24 +444,16 @@ def registered_model(context: dg.AssetExecutionContext, config: GateRunConfig, b
         client.set_model_version_tag(registry.model_name, str(number), key, tag)
 
     champion = registry.version_by_alias("champion")
-    current = int(champion.version) if champion else None
-    if not decision.passed:
-        outcome = f"champion unchanged ({current or 'none'}): {decision.summary()}"
-    elif current == number:
-        outcome = f"already champion: {decision.summary()}"
-    elif current != value["parent"]["version"]:
-        # The champion moved on since this candidate was trained; promoting it would drop the newer skills.
-        outcome = (f"champion unchanged ({current}): the candidate was trained from {value['parent']['label']}, "
-                   "not the current champion; retrain it from the champion")
-    else:
+    outcome = champion_outcome(decision, number, int(champion.version) if champion else None,
+                               value["parent"]["version"], value["parent"]["label"])
+    if outcome.promote:
         registry.promote(number, decision.summary())
-        outcome = f"promoted to champion (was {current or 'none'}): {decision.summary()}"
-    context.log.info(outcome)
+    context.log.info(outcome.summary)
     champion = registry.version_by_alias("champion")
     return dg.MaterializeResult(metadata={
         **lineage(value), "model_version": number, "model_uri": f"models:/{registry.model_name}/{number}",
         "mlflow_run_id": value["run_id"], "parent": value["parent"]["label"], "gate_passed": decision.passed,
-        "gate": dg.MetadataValue.md("\n".join(f"- {r}" for r in decision.reasons)), "outcome": outcome,
+        "gate": dg.MetadataValue.md("\n".join(f"- {r}" for r in decision.reasons)), "outcome": outcome.summary,
         "champion": int(champion.version) if champion else 0,
         "aliases": dg.MetadataValue.json(sorted(client.get_model_version(registry.model_name, str(number)).aliases))})
 

@@ -4,7 +4,7 @@ import pytest
 
 from sdft_core.evaluation.comparison import build_comparison
 from sdft_core.evaluation.suite import TaskResult
-from sdft_core.promotion import GateConfig, dominates, promotion_gate
+from sdft_core.promotion import GateConfig, champion_outcome, dominates, promotion_gate
 
 GATE = GateConfig(min_gain=0.0, max_regression=0.02)
 PRIOR_OK = {"candidate_prior": 0.50, "parent_prior": 0.50, "prior_ci": (-0.01, 0.01)}
@@ -114,3 +114,20 @@ def test_the_comparison_table_feeds_the_gate_with_paired_intervals():
     assert decision.passed and decision.dominated is False
     labels = table.points({"parent": "base (parent)", "candidate": "SDFT", "baseline": "SFT"})
     assert labels["SFT\nKL(base||model) 0.2"] == (0.0, pytest.approx(0.3))
+
+
+def test_a_passing_candidate_replaces_only_the_champion_it_was_trained_from():
+    passed = promotion_gate(0.6, 0.2, skill_ci=(0.2, 0.6), config=GATE, **PRIOR_OK)
+    failed_gate = promotion_gate(0.2, 0.2, skill_ci=(-0.1, 0.1), config=GATE, **PRIOR_OK)
+    first = champion_outcome(passed, candidate=1, champion=None, parent=None, parent_label="base:tiny")
+    assert first.promote and first.summary.startswith("promoted to champion (was none): promote: ")
+    assert champion_outcome(passed, candidate=3, champion=2, parent=2, parent_label="sdft/2").promote
+    again = champion_outcome(passed, candidate=2, champion=2, parent=1, parent_label="sdft/1")
+    assert not again.promote and again.summary.startswith("already champion: ")
+    # the champion moved on (2 -> 4) while candidate 5 trained from 2: promoting it would drop 4's skills
+    moved = champion_outcome(passed, candidate=5, champion=4, parent=2, parent_label="sdft/2")
+    assert not moved.promote and moved.summary.startswith("champion unchanged (4): the candidate was trained from "
+                                                          "sdft/2, not the current champion")
+    kept = champion_outcome(failed_gate, candidate=2, champion=1, parent=1, parent_label="sdft/1")
+    assert not kept.promote and kept.summary.startswith("champion unchanged (1): keep the champion: ")
+    assert champion_outcome(failed_gate, 1, None, None, "base:tiny").summary.startswith("champion unchanged (none)")
