@@ -1,10 +1,12 @@
-"""Milliseconds per decode step of each decoder that can run the model, at several row counts.
+"""Milliseconds per decode step of the static-cache decoder, its CPU products both ways, and optionally the
+model's own forward, at several row counts.
 
     .venv/bin/python benchmarks/decode_step.py --rows 1 4 12 32 64
 
 Each decoder starts from the same prompt pass (random ~70-token prompts) and takes --steps steps, in --rounds
-interleaved rounds; the median round is printed. This is what `decoding.NATIVE_MAX_ROWS` and
-`cpu_kernels.MAX_ROWS` were chosen from. Not a test: absolute times drift; compare within one run.
+interleaved rounds; the median round is printed. "weight @ x.T" and "x @ weight.T" are the two ways the static
+step can run its CPU products; `decoding._SKINNY_ROWS` (the most rows for the first) was chosen from this. Not a
+test: absolute times drift; compare within one run, on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import time
 
 import torch
 
-from sdft_core.decoding import GenericDecoder, LeanDecoder, NativeDecoder, native_unsupported_reason, prompt_pass
+from sdft_core.decoding import GenericDecoder, StaticCacheDecoder, prompt_pass
 from sdft_core.models import load_model
 
 
@@ -41,23 +43,24 @@ def main() -> None:
     model = load_model(args.model).eval()
     print(f"{args.model}, {torch.get_num_threads()} threads; ms per decode step (median of {args.rounds} rounds "
           f"of {args.steps} steps)")
-    kinds = [NativeDecoder, LeanDecoder] + ([GenericDecoder] if args.generic else [])
-    print(f"{'rows':>5} " + " ".join(f"{kind.__name__:>15}" for kind in kinds))
+    kinds = ["weight @ x.T", "x @ weight.T"] + (["model forward"] if args.generic else [])
+    print(f"{'rows':>5} " + " ".join(f"{kind:>15}" for kind in kinds))
     with torch.no_grad():
         for rows in args.rows:
             generator = torch.Generator().manual_seed(rows)
             prompt_ids = torch.randint(100, model.config.vocab_size, (rows, args.prompt_tokens), generator=generator)
             prompt = prompt_pass(model, prompt_ids, torch.ones_like(prompt_ids))
             length = args.prompt_tokens + args.steps
-            times: dict[str, list[float]] = {kind.__name__: [] for kind in kinds}
+            times: dict[str, list[float]] = {kind: [] for kind in kinds}
             for _ in range(args.rounds):
                 for kind in kinds:
-                    if kind is NativeDecoder and native_unsupported_reason(model, 1) is not None:
-                        continue
-                    decoder = GenericDecoder(model) if kind is GenericDecoder else kind(model, rows, length)
-                    times[kind.__name__].append(step_ms(decoder, prompt, rows, args.steps))
-            print(f"{rows:>5} " + " ".join(f"{statistics.median(t):>15.1f}" if t else f"{'-':>15}"
-                                           for t in times.values()))
+                    if kind == "model forward":
+                        decoder = GenericDecoder(model)
+                    else:
+                        decoder = StaticCacheDecoder(model, rows, length)
+                        decoder.skinny = kind == "weight @ x.T"
+                    times[kind].append(step_ms(decoder, prompt, rows, args.steps))
+            print(f"{rows:>5} " + " ".join(f"{statistics.median(t):>15.1f}" for t in times.values()))
 
 
 if __name__ == "__main__":

@@ -1,22 +1,20 @@
-"""The model side of on-policy sampling: prefill a batch of prompts, then one token per row per step.
+"""The model side of on-policy sampling: a prompt pass, then one token per row per step.
 
-Three decoders share one interface (`prefill`, or `start` from a prompt pass already taken; then `step`):
+Two decoders share one interface (`start` from a `PromptPass`, or `prefill` to take one; then `step`):
 
-- `NativeDecoder`, for Llama-family models (Llama, Qwen2) in float32 on an x86-64 CPU with AVX2, at up to
-  `NATIVE_MAX_ROWS` rows: a static KV cache and each step one call into `cpu_kernels`' `decode_step`, which
-  reads the model's own weights in place. On CPU a decode step is a chain of skinny matrix products (a few rows
-  against each weight), as fast as the weights stream from memory, plus a few hundred small ops that in torch
-  each cost a dispatch; in the kernel they cost next to nothing.
-- `LeanDecoder`, for the same models elsewhere (CUDA, more rows, other dtypes): a static KV cache and a decode
-  step written out layer by layer in torch, with none of the generic forward's per-call work (mask building,
-  cache bookkeeping, output objects). On CUDA the step is captured once per rollout as a CUDA graph, so a step
-  costs one launch instead of hundreds. On CPU its products run as `weight @ x.T`, which streams the weights 2-3x
-  faster than `x @ weight.T` in torch (or in `cpu_kernels`' skinny product where that takes them).
+- `StaticCacheDecoder`, for Llama-family models (Llama, Qwen2): a static KV cache and a decode step written out
+  layer by layer in torch, with none of the generic forward's per-call work (mask building, cache bookkeeping,
+  output objects). On CUDA the step is captured once per rollout as a CUDA graph, so a step costs one launch
+  instead of hundreds.
 - `GenericDecoder`: any other model (LoRA adapters, other architectures, wrappers), through its own forward with
   a dynamic cache.
 
-All start from a `PromptPass`, the model's own forward over the prompts (so every padding and attention rule is
-the model's), and all give the same logits up to floating-point summation order.
+Both start from the model's own forward over the prompts (every padding and attention rule is the model's), and
+both sample with the numerics of the training forward, which is what the samples are trained under: in float32,
+or under autocast the products and attention (torch's SDPA) in the autocast dtype on a float32 residual stream,
+norms and rotary embedding in float32, and the output head in float32 as the loss computes it. On CPU under bf16
+autocast the static-cache step gives the training forward's logits bit for bit (tests/core/test_decoding.py); a
+decoder that ran everything in bf16 would sample from a measurably different policy than the one it trains.
 """
 
 from __future__ import annotations
@@ -31,24 +29,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import cpu_kernels
-
 log = logging.getLogger(__name__)
 
-LEAN_MODEL_TYPES = ("llama", "qwen2")
-_SKINNY_ROWS = 32  # up to this many rows, CPU products run as weight @ x.T
-# Up to this many rows the native step beats the lean one on the embedded model (2-core EPYC: 23 vs 38 ms per step
-# at 4 rows, 114 vs 132 at 32, 208 vs 234 at 64; even at 96, slower at 128: benchmarks/decode_step.py).
-NATIVE_MAX_ROWS = 64
+STATIC_CACHE_MODEL_TYPES = ("llama", "qwen2")
+# Up to this many rows a CPU product runs as weight @ x.T, which streams the weights 2-3x faster than x @ weight.T
+# in torch's CPU GEMM (benchmarks/decode_step.py); the default rollout of 32 rows is within it.
+_SKINNY_ROWS = 32
 _LAYER_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
-def lean_unsupported_reason(model: nn.Module) -> str | None:
-    """Why `model` must use the generic decoder, or None when the lean decoder applies."""
+def static_cache_unsupported_reason(model: nn.Module) -> str | None:
+    """Why `model` must use the generic decoder, or None when the static-cache decoder applies."""
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
-    if model_type not in LEAN_MODEL_TYPES:
-        return f"model type {model_type!r} (lean decoding covers {', '.join(LEAN_MODEL_TYPES)})"
+    if model_type not in STATIC_CACHE_MODEL_TYPES:
+        return f"model type {model_type!r} (the static-cache decoder covers {', '.join(STATIC_CACHE_MODEL_TYPES)})"
     if getattr(config, "use_sliding_window", False):
         return "sliding-window attention"
     base = getattr(model, "model", None)
@@ -66,37 +61,10 @@ def lean_unsupported_reason(model: nn.Module) -> str | None:
     return None
 
 
-def native_unsupported_reason(model: nn.Module, rows: int) -> str | None:
-    """Why `model` cannot decode `rows` rows with `NativeDecoder`, or None when it can."""
-    reason = lean_unsupported_reason(model)
-    if reason is not None:
-        return reason
-    if rows > NATIVE_MAX_ROWS:
-        return f"{rows} rows (the native step takes up to {NATIVE_MAX_ROWS}; MKL's products are faster beyond)"
-    if any(p.device.type != "cpu" or p.dtype != torch.float32 for p in model.parameters()):
-        return "parameters that are not float32 on the CPU"
-    config, base = model.config, model.model
-    if getattr(config, "hidden_act", None) not in ("silu", "swish"):
-        return f"activation {getattr(config, 'hidden_act', None)!r} (the CPU step computes SiLU)"
-    head_dim = _head_dim(config)
-    widths = {"hidden": config.hidden_size, "head": head_dim, "intermediate": config.intermediate_size}
-    if any(width % 8 for width in widths.values()):
-        return f"widths {widths} (the CPU step takes multiples of 8)"
-    if model.lm_head.weight.shape[0] != base.embed_tokens.weight.shape[0]:
-        return "an output head and an embedding of different vocabularies"
-    if not all(p.is_contiguous() for p in model.parameters()):
-        return "non-contiguous parameters"
-    if cpu_kernels.library() is None:
-        return f"the CPU kernels are unavailable ({cpu_kernels.unavailable_reason() or 'their build failed'})"
-    return None
-
-
 def make_decoder(model: nn.Module, rows: int, max_length: int, *, cuda_graphs: bool = True):
-    """The native decoder when the model and the machine allow it, else the lean one, else the generic one."""
-    if native_unsupported_reason(model, rows) is None:
-        return NativeDecoder(model, rows, max_length)
-    if lean_unsupported_reason(model) is None:
-        return LeanDecoder(model, rows, max_length, cuda_graphs=cuda_graphs)
+    """The static-cache decoder where the model allows it, else the generic one."""
+    if static_cache_unsupported_reason(model) is None:
+        return StaticCacheDecoder(model, rows, max_length, cuda_graphs=cuda_graphs)
     return GenericDecoder(model)
 
 
@@ -125,17 +93,33 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def head_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The output head in float32 whatever autocast is on: a bf16 product there would put percent-level errors
+    into the logits that the loss, its gradient and the sampler all read."""
+    with torch.autocast(hidden.device.type, enabled=False):
+        return F.linear(hidden.float(), weight.float(), None if bias is None else bias.float())
+
+
 @dataclass
 class PromptPass:
     """The model's forward over left-padded prompts, where decoding starts: the KV cache of every prompt position
-    and, at the last one, the final hidden state and the logits (detached). Taken with gradients, it is also the
-    prompt part of the student's training forward (see `Trainer`), which then runs only the completion."""
+    and, at the last one, the final hidden state and the float32 logits (detached). Taken with gradients, it is
+    also the prompt part of the student's training forward (see `Trainer`), which then runs only the completion."""
 
     prompt_ids: torch.Tensor  # [rows, width]
     prompt_mask: torch.Tensor  # [rows, width]
     cache: Any  # transformers' DynamicCache
     last_hidden: torch.Tensor  # [rows, hidden]
     logits: torch.Tensor  # [rows, vocab]
+
+
+def last_logits(model: nn.Module, out) -> torch.Tensor:
+    """A forward's logits at the last position in float32: the model's own, or under autocast the head again in
+    float32 on the final hidden state (`output_hidden_states=True`), as the loss computes it."""
+    if not torch.is_autocast_enabled(out.logits.device.type):
+        return out.logits[:, -1].detach().float()
+    head = model.get_output_embeddings()
+    return head_logits(out.hidden_states[-1][:, -1].detach(), head.weight.detach(), getattr(head, "bias", None))
 
 
 def prompt_pass(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> PromptPass:
@@ -146,7 +130,7 @@ def prompt_pass(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.T
     cache = DynamicCache(config=model.config)
     out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids(prompt_mask),
                 **cache_argument(model, cache), use_cache=True, logits_to_keep=1, output_hidden_states=True)
-    return PromptPass(prompt_ids, prompt_mask, cache, out.hidden_states[-1][:, -1], out.logits[:, -1].detach())
+    return PromptPass(prompt_ids, prompt_mask, cache, out.hidden_states[-1][:, -1], last_logits(model, out))
 
 
 class _Decoder:
@@ -176,103 +160,14 @@ class GenericDecoder(_Decoder):
         self.positions = position_ids(prompt.prompt_mask)
         return prompt.logits
 
+    @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         self.attention_mask = torch.cat([self.attention_mask, torch.ones_like(self.attention_mask[:, :1])], dim=1)
         self.positions = self.positions[:, -1:] + 1
-        return self.model(input_ids=tokens[:, None], attention_mask=self.attention_mask,
-                          position_ids=self.positions, **cache_argument(self.model, self.cache),
-                          use_cache=True).logits[:, -1]
-
-
-class _StaticCacheDecoder(_Decoder):
-    """Decoders with a static KV cache `keys`/`values` [layers][rows, kv_heads, max_length, head_dim] and an
-    additive attention `bias` [rows, ..., max_length] (0 where a row may attend, -inf elsewhere)."""
-
-    keys: torch.Tensor
-    values: torch.Tensor
-    bias: torch.Tensor
-    key_order: torch.Tensor | slice = slice(None)  # the cached keys' order within a head
-
-    @torch.no_grad()
-    def start(self, prompt: PromptPass) -> torch.Tensor:
-        """Decode on from a prompt pass: its keys and values are copied into the static cache."""
-        width = prompt.prompt_ids.shape[1]
-        for index, layer in enumerate(prompt.cache.layers):
-            self.keys[index, :, :, :width] = layer.keys[..., self.key_order]
-            self.values[index, :, :, :width] = layer.values
-        rows = prompt.prompt_mask.shape[0]
-        attends = prompt.prompt_mask.bool().view(rows, *[1] * (self.bias.dim() - 2), width)
-        self.bias[..., :width].masked_fill_(attends, 0.0)
-        self.length = width
-        self.positions = prompt.prompt_mask.sum(-1)  # the next token's position in each row
-        return prompt.logits
-
-    def _check_room(self) -> None:
-        if self.length >= self.max_length:
-            raise RuntimeError(f"the static cache holds {self.max_length} positions; all are used")
-
-
-class NativeDecoder(_StaticCacheDecoder):
-    """Llama-family decoding on an x86-64 CPU (see `native_unsupported_reason`): a static KV cache
-    [layers][rows, kv_heads, max_length, head_dim] and each step one call into `cpu_kernels`' `decode_step`.
-
-    The kernel reads the model's parameters where they are (no copies), so a decoder serves one rollout: build a
-    new one after the weights change."""
-
-    def __init__(self, model: nn.Module, rows: int, max_length: int):
-        base, config = model.model, model.config
-        self.model, self.rows, self.max_length = model, rows, max_length
-        self.kernel = cpu_kernels.decode_step()
-        if self.kernel is None:
-            raise RuntimeError(f"the CPU kernels are unavailable: {cpu_kernels.unavailable_reason()}")
-        head_dim, kv_heads = _head_dim(config), config.num_key_value_heads
-        shape = (len(base.layers), rows, kv_heads, max_length, head_dim)
-        self.keys, self.values = torch.zeros(shape), torch.zeros(shape)
-        self.bias = torch.full((rows, max_length), float("-inf"))
-        cos, sin = base.rotary_emb(self.keys, torch.arange(max_length)[None])  # the model's own, by position
-        self.cos, self.sin = cos[0].float().contiguous(), sin[0].float().contiguous()
-
-        def detached(tensor):
-            return None if tensor is None else tensor.detach()
-
-        self.layer_tensors = []  # held here: the kernel's pointer table points into them
-        for index, layer in enumerate(base.layers):
-            attn, mlp = layer.self_attn, layer.mlp
-            linears = dict(q=attn.q_proj, k=attn.k_proj, v=attn.v_proj, o=attn.o_proj, gate=mlp.gate_proj,
-                           up=mlp.up_proj, down=mlp.down_proj)
-            tensors = {name: linear.weight.detach() for name, linear in linears.items()}
-            tensors.update({f"{name}_bias": detached(linear.bias) for name, linear in linears.items()})
-            tensors.update(input_norm=layer.input_layernorm.weight.detach(),
-                           post_attention_norm=layer.post_attention_layernorm.weight.detach(),
-                           keys=self.keys[index], values=self.values[index])
-            self.layer_tensors.append(tensors)
-        self.table = self.kernel.layer_table(self.layer_tensors)
-        self.embed, self.final_norm = base.embed_tokens.weight.detach(), base.norm.weight.detach()
-        self.head, self.head_bias = model.lm_head.weight.detach(), detached(model.lm_head.bias)
-        self.eps, self.scale = config.rms_norm_eps, getattr(base.layers[0].self_attn, "scaling", head_dim ** -0.5)
-        self.dims = self.kernel.dims(rows=rows, hidden=config.hidden_size, heads=config.num_attention_heads,
-                                     kv_heads=kv_heads, head_dim=head_dim, intermediate=config.intermediate_size,
-                                     vocab=self.head.shape[0], max_length=max_length, layers=len(base.layers),
-                                     slot=0, threads=torch.get_num_threads())
-        self.workspace = self.kernel.workspace(self.dims)
-        self.length = 0
-
-    @torch.no_grad()
-    def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        self._check_room()
-        self.dims[self.kernel.DIMS.index("slot")] = self.length  # the step opens this slot to attention
-        logits = torch.empty(self.rows, self.head.shape[0])
-        self.kernel(self.dims, self.eps, self.scale, self.table, tokens.to(torch.int64).contiguous(),
-                    self.positions, self.embed, self.final_norm, self.head, self.head_bias, self.cos, self.sin,
-                    self.bias, self.workspace, logits)
-        self.positions += 1
-        self.length += 1
-        return logits
-
-
-def _skinny_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x @ weight.T for a few rows of x on CPU, as weight @ x.T; the result is a transposed (column-major) view."""
-    return torch.mm(weight, x.T).T
+        out = self.model(input_ids=tokens[:, None], attention_mask=self.attention_mask, position_ids=self.positions,
+                         **cache_argument(self.model, self.cache), use_cache=True,
+                         output_hidden_states=torch.is_autocast_enabled(self.attention_mask.device.type))
+        return last_logits(self.model, out)
 
 
 def _interleaved_pairs(head_dim: int) -> torch.Tensor:
@@ -281,116 +176,106 @@ def _interleaved_pairs(head_dim: int) -> torch.Tensor:
     return torch.stack([torch.arange(half), torch.arange(half, head_dim)], dim=-1).flatten()
 
 
-class LeanDecoder(_StaticCacheDecoder):
-    """Llama-family decoding with a static KV cache [layers][rows, kv_heads, max_length, head_dim].
+class StaticCacheDecoder(_Decoder):
+    """Llama-family decoding with a static KV cache `keys`/`values` [layers][rows, kv_heads, max_length, head_dim].
 
-    Weights are read from the model at construction (cast once to the autocast dtype under CUDA autocast), so a
-    decoder serves one rollout; build a new one after the weights change. The copies are arranged for few ops
-    per layer, with the same logits:
-    - each RMSNorm weight, and the sqrt(hidden size) that turns a norm into a root mean square, is multiplied
-      into the columns of the product it feeds (qkv, gate_up, the head);
-    - the attention scale 1/sqrt(head_dim) is multiplied into the q rows;
-    - q and k rows are reordered within each head so that every rotary pair is adjacent: the rotation is then one
-      complex product. Scores q.k do not change when q and k share a reordering; the cached keys use it too.
+    Weights are read from the model at construction (cast once to the compute dtype, as autocast would cast them
+    on every call), so a decoder serves one rollout; build a new one after the weights change. Two rearrangements
+    cut the ops per layer without changing a product: q, k and v are one product (their weights stacked), as are
+    gate and up; and q and k rows are reordered within each head so that every rotary pair is adjacent, which
+    makes the rotation one complex product (scores q.k do not change when q and k share a reordering; the cached
+    keys use it too).
     """
 
     def __init__(self, model: nn.Module, rows: int, max_length: int, *, cuda_graphs: bool = True):
         base, config = model.model, model.config
         self.model, self.max_length = model, max_length
         self.device = next(model.parameters()).device
-        self.dtype = next(model.parameters()).dtype
-        if self.device.type == "cuda" and torch.is_autocast_enabled("cuda"):
-            self.dtype = torch.get_autocast_dtype("cuda")
-        self.embed = base.embed_tokens.weight  # a lookup: rows of it are cast, not the table
+        self.residual_dtype = next(model.parameters()).dtype
+        self.dtype = self.residual_dtype  # the products' dtype
+        if torch.is_autocast_enabled(self.device.type):
+            self.dtype = torch.get_autocast_dtype(self.device.type)
+        self.embed = base.embed_tokens.weight
         self.rotary = base.rotary_emb
         self.eps = config.rms_norm_eps
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
         self.head_dim = _head_dim(config)
-        self.hidden_size = config.hidden_size
+        self.scale = getattr(base.layers[0].self_attn, "scaling", self.head_dim ** -0.5)
         self.act = base.layers[0].mlp.act_fn
         self.q_width, self.kv_width = self.heads * self.head_dim, self.kv_heads * self.head_dim
         self.intermediate = base.layers[0].mlp.gate_proj.out_features
-        self.pair_order = self.key_order = _interleaved_pairs(self.head_dim).to(self.device)
-        self.layers = []
-        for layer in base.layers:
-            attn, mlp = layer.self_attn, layer.mlp
-            # One product for q, k and v and one for gate and up: fewer, larger products per step.
-            self.layers.append({
-                "qkv": self._fused([(attn.q_proj, self.heads), (attn.k_proj, self.kv_heads), (attn.v_proj, None)],
-                                   layer.input_layernorm.weight, query_scale=self.head_dim ** -0.5),
-                "o": self._weights(attn.o_proj),
-                "gate_up": self._fused([(mlp.gate_proj, None), (mlp.up_proj, None)],
-                                       layer.post_attention_layernorm.weight),
-                "down": self._weights(mlp.down_proj),
-            })
-        self.final_norm = (base.norm.weight.detach().float() * self.hidden_size ** 0.5).to(self.dtype)
-        self.head = self._weights(model.lm_head)
+        self.pair_order = _interleaved_pairs(self.head_dim).to(self.device)
+        self.layers = [{
+            "input_norm": layer.input_layernorm.weight.detach(),
+            "qkv": self._stacked([(layer.self_attn.q_proj, self.heads), (layer.self_attn.k_proj, self.kv_heads),
+                                  (layer.self_attn.v_proj, None)]),
+            "o": self._stacked([(layer.self_attn.o_proj, None)]),
+            "post_attention_norm": layer.post_attention_layernorm.weight.detach(),
+            "gate_up": self._stacked([(layer.mlp.gate_proj, None), (layer.mlp.up_proj, None)]),
+            "down": self._stacked([(layer.mlp.down_proj, None)]),
+        } for layer in base.layers]
+        self.final_norm = base.norm.weight.detach()
+        self.head = model.lm_head.weight.detach(), model.lm_head.bias
         shape = (len(self.layers), rows, self.kv_heads, max_length, self.head_dim)
         self.keys = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.values = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        # Additive attention bias per (row, KV head): 0 where a row may attend, -inf elsewhere (unwritten slots,
-        # left padding).
-        self.bias = torch.full((rows, self.kv_heads, 1, max_length), float("-inf"), dtype=self.dtype,
-                               device=self.device)
+        # Additive attention mask per row, broadcast over heads: 0 where a row may attend, -inf elsewhere (unwritten
+        # slots, left padding)
+        self.additive_mask = torch.full((rows, 1, 1, max_length), float("-inf"), dtype=self.dtype, device=self.device)
         self.length = 0
         self.skinny = self.device.type == "cpu" and rows <= _SKINNY_ROWS
-        use_kernel = self.skinny and rows <= cpu_kernels.MAX_ROWS and self.dtype == torch.float32
-        kernel = cpu_kernels.kernel() if use_kernel else None
-        weights = [weight for layer in self.layers for weight, _ in layer.values()] + [self.head[0]]
-        # Decided once: every product of a step then runs in the kernel (which still checks each call).
-        self.kernel = kernel if kernel is not None and all(map(kernel.takes_weight, weights)) else None
         self.use_graph = cuda_graphs and self.device.type == "cuda"
         self.graph = None
 
-    def _weights(self, linear: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
-        bias = None if linear.bias is None else linear.bias.detach().to(self.dtype)
-        return linear.weight.detach().to(self.dtype), bias
-
-    def _fused(self, parts: list[tuple[nn.Linear, int | None]], norm_weight: torch.Tensor, query_scale: float = 1.0):
-        """The linears' weights stacked, times sqrt(hidden) x the preceding norm's weight per column, in the compute
-        dtype. A part given with a head count (q, k) has its rows in rotary-pair order; the first part's rows are
-        times `query_scale`. Biases likewise (zeros for linears without one), or None if none has one."""
+    def _stacked(self, parts: list[tuple[nn.Linear, int | None]]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The linears' weights (and biases: zeros for a linear without one, None if none has one) stacked, in the
+        compute dtype. A part given with a head count (q, k) has its rows in rotary-pair order."""
         weights, biases = [], []
         for linear, heads in parts:
-            weight, bias = linear.weight.detach(), linear.bias
-            bias = torch.zeros(linear.out_features, device=weight.device) if bias is None else bias.detach().float()
+            weight = linear.weight.detach()
+            bias = torch.zeros(linear.out_features, device=weight.device) if linear.bias is None else linear.bias
+            bias = bias.detach()
             if heads is not None:
-                order = self.pair_order
-                weight = weight.view(heads, self.head_dim, -1)[:, order].reshape(weight.shape)
-                bias = bias.view(heads, self.head_dim)[:, order].reshape(bias.shape)
+                weight = weight.view(heads, self.head_dim, -1)[:, self.pair_order].reshape(weight.shape)
+                bias = bias.view(heads, self.head_dim)[:, self.pair_order].reshape(bias.shape)
             weights.append(weight)
             biases.append(bias)
-        # In place on the one new copy: a rollout rebuilds these from every layer's weights.
-        weight = torch.cat(weights).float().mul_(norm_weight.detach().float() * self.hidden_size ** 0.5)
-        first = parts[0][0].out_features
-        weight[:first].mul_(query_scale)
-        biases[0] = biases[0] * query_scale
-        weight = weight.to(self.dtype)
+        weight = torch.cat(weights).to(self.dtype)
         if all(linear.bias is None for linear, _ in parts):
             return weight, None
         return weight, torch.cat(biases).to(self.dtype)
 
+    @torch.no_grad()
+    def start(self, prompt: PromptPass) -> torch.Tensor:
+        """Decode on from a prompt pass: its keys and values are copied into the static cache."""
+        width = prompt.prompt_ids.shape[1]
+        for index, layer in enumerate(prompt.cache.layers):
+            self.keys[index, :, :, :width] = layer.keys[..., self.pair_order]
+            self.values[index, :, :, :width] = layer.values
+        rows = prompt.prompt_mask.shape[0]
+        self.additive_mask[..., :width].masked_fill_(prompt.prompt_mask.bool().view(rows, 1, 1, width), 0.0)
+        self.length = width
+        self.positions = prompt.prompt_mask.sum(-1)  # the next token's position in each row
+        return prompt.logits
+
     def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if self.kernel is not None:
-            out = self.kernel(x, weight)
-        elif self.skinny:  # a column-major view; elementwise ops and .contiguous() make it row-major
-            out = _skinny_linear(x, weight)
-        else:
-            out = F.linear(x, weight)
+        x = x.to(self.dtype)
+        # weight @ x.T is a column-major view; the elementwise ops and .contiguous() after it make it row-major
+        out = torch.mm(weight, x.T).T if self.skinny else F.linear(x, weight)
         return out if bias is None else out + bias
 
-    def _normalized(self, h: torch.Tensor) -> torch.Tensor:
-        """h / sqrt(|h|^2 + hidden x eps), in float32 like the model's RMSNorm: its root mean square is
-        |h| / sqrt(hidden), and that sqrt(hidden) and the norm's weight are in the next product's columns."""
+    def _rms_norm(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The model's RMSNorm: in float32, times its weight, in the residual dtype."""
         h32 = h.float()
-        norm = torch.linalg.vector_norm(h32, dim=-1, keepdim=True)
-        return (h32 * norm.square_().add_(self.hidden_size * self.eps).rsqrt_()).to(self.dtype)
+        normalized = h32 * h32.square().mean(-1, keepdim=True).add_(self.eps).rsqrt_()
+        return weight * normalized.to(self.residual_dtype)
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
-        self._check_room()
-        self.bias[..., self.length] = 0.0
+        if self.length >= self.max_length:
+            raise RuntimeError(f"the static cache holds {self.max_length} positions; all are used")
+        self.additive_mask[..., self.length] = 0.0
         if self.use_graph and (self.graph is not None or self._capture(tokens)):
             logits = self._graph_step(tokens)
         else:
@@ -402,17 +287,16 @@ class LeanDecoder(_StaticCacheDecoder):
     def _step(self, tokens: torch.Tensor, positions: torch.Tensor, slot, visible: int) -> torch.Tensor:
         """One decode step; `slot` (int, or a 1-element tensor under a graph) is the cache position written."""
         rows, kv_heads, head_dim = tokens.shape[0], self.kv_heads, self.head_dim
-        groups = self.heads // kv_heads
         rotating = self.heads + kv_heads  # queries and keys rotate together
         qk_width = self.q_width + self.kv_width
         with torch.autocast(self.device.type, enabled=False):
-            h = F.embedding(tokens, self.embed).to(self.dtype)  # [rows, hidden]
+            h = F.embedding(tokens, self.embed)  # [rows, hidden], the residual stream
             cos, sin = self.rotary(h, positions[:, None])  # [rows, 1, head_dim]: one position per row
             half = head_dim // 2
             rotation = torch.complex(cos[..., :half].float(), sin[..., :half].float())  # [rows, 1, head_dim / 2]
-            bias = self.bias.view(rows * kv_heads, 1, -1)[..., :visible]
+            mask = self.additive_mask[..., :visible]
             for index, w in enumerate(self.layers):
-                qkv = self._linear(self._normalized(h), *w["qkv"]).contiguous()
+                qkv = self._linear(self._rms_norm(h, w["input_norm"]), *w["qkv"]).contiguous()
                 pairs = qkv[:, :qk_width].unflatten(-1, (rotating, half, 2)).float()
                 qk = torch.view_as_real(torch.view_as_complex(pairs) * rotation).to(self.dtype)
                 k = qk[:, self.heads:].flatten(-2)  # [rows, kv_heads, head_dim]
@@ -424,14 +308,15 @@ class LeanDecoder(_StaticCacheDecoder):
                 else:
                     keys.index_copy_(2, slot, k[:, :, None])
                     values.index_copy_(2, slot, v[:, :, None])
-                # One query position: three batched products beat SDPA's masked grouped-query path on CPU
-                q = qk[:, :self.heads].reshape(rows * kv_heads, groups, head_dim)  # query heads by KV head
-                scores = torch.baddbmm(bias, q, keys.view(rows * kv_heads, -1, head_dim)[:, :visible].transpose(1, 2))
-                attended = torch.bmm(scores.softmax(-1), values.view(rows * kv_heads, -1, head_dim)[:, :visible])
-                h = h + self._linear(attended.view(rows, -1), *w["o"])
-                gate, up = self._linear(self._normalized(h), *w["gate_up"]).split(self.intermediate, -1)
-                h = h + self._linear((self.act(gate) * up).contiguous(), *w["down"])
-            return self._linear(self._normalized(h) * self.final_norm, *self.head)
+                # the training forward's attention kernel, so that its rounding is the training forward's too
+                attended = F.scaled_dot_product_attention(
+                    qk[:, :self.heads].flatten(-2)[:, :, None], keys[:, :, :visible], values[:, :, :visible],
+                    attn_mask=mask, scale=self.scale, enable_gqa=kv_heads != self.heads)  # [rows, heads, 1, dim]
+                h = h + self._linear(attended.reshape(rows, -1), *w["o"]).to(self.residual_dtype)
+                gate, up = self._linear(self._rms_norm(h, w["post_attention_norm"]), *w["gate_up"]).split(
+                    self.intermediate, -1)
+                h = h + self._linear((self.act(gate) * up).contiguous(), *w["down"]).to(self.residual_dtype)
+            return head_logits(self._rms_norm(h, self.final_norm), *self.head)
 
     def _capture(self, tokens: torch.Tensor) -> bool:
         """Capture the step over the whole cache (masked) as a CUDA graph; False (and eager steps) if it fails."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .decoding import PromptPass, make_decoder
+from .decoding import PromptPass, make_decoder, prompt_pass
 
 _MASK32 = 0xFFFFFFFF
 
@@ -92,6 +92,7 @@ class Rollout:
     prompt_mask: torch.Tensor  # [B, P]
     completion_ids: torch.Tensor  # [B, C] right-padded
     completion_mask: torch.Tensor  # [B, C] 1 up to and including the first EOS
+    prompt_pass: PromptPass | None = None  # the prompts' forward with gradients, when asked for
 
 
 def pad(sequences: list[list[int]], pad_id: int, side: str, device=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,50 +107,61 @@ def pad(sequences: list[list[int]], pad_id: int, side: str, device=None) -> tupl
     return ids.to(device), mask.to(device)
 
 
-@torch.no_grad()
 def sample_completions(model: nn.Module, prompts: list[list[int]], row_keys: list[int], *, pad_token_id: int,
                        eos_token_ids: list[int], max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
-                       top_p: float = 1.0, cuda_graphs: bool = True, prompt_pass: PromptPass | None = None) -> Rollout:
+                       top_p: float = 1.0, cuda_graphs: bool = True, trainable_prompt_pass: bool = False) -> Rollout:
     """Sample one completion per prompt with the KV cache on; stops once every row has emitted an EOS.
 
-    `prompt_pass`: the model's forward over these prompts, already taken (e.g. with gradients, by the trainer);
-    decoding starts from it instead of running the prompts again.
+    `trainable_prompt_pass`: take the prompts' forward with gradients, in the model's current mode, and return it
+    as `Rollout.prompt_pass`: it can then be the prompt part of the training forward on these rows, which runs
+    only the completions (see `Trainer`).
 
-    The model runs in eval mode here, so gradient checkpointing (active only in training mode) cannot switch the
-    cache off; its previous mode is restored afterwards.
+    Otherwise everything runs in eval mode, so gradient checkpointing (active only in training mode) cannot switch
+    the cache off; the model's previous mode is restored afterwards.
     """
     device = next(model.parameters()).device
-    if prompt_pass is None:
-        prompt_ids, prompt_mask = pad(prompts, pad_token_id, "left", device)
-    else:
-        prompt_ids, prompt_mask = prompt_pass.prompt_ids, prompt_pass.prompt_mask
+    prompt_ids, prompt_mask = pad(prompts, pad_token_id, "left", device)
+    was_training = model.training
+    try:
+        if trainable_prompt_pass:
+            prompt = prompt_pass(model, prompt_ids, prompt_mask)
+        model.eval()
+        with torch.no_grad():
+            if not trainable_prompt_pass:
+                prompt = prompt_pass(model, prompt_ids, prompt_mask)
+            completion_ids, completion_mask = _decode(model, prompt, row_keys, pad_token_id, eos_token_ids,
+                                                      max_new_tokens, temperature, top_k, top_p, cuda_graphs)
+    finally:
+        model.train(was_training)
+    return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask,
+                   prompt if trainable_prompt_pass else None)
+
+
+def _decode(model: nn.Module, prompt: PromptPass, row_keys: list[int], pad_token_id: int, eos_token_ids: list[int],
+            max_new_tokens: int, temperature: float, top_k: int, top_p: float,
+            cuda_graphs: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    device, prompt_ids = prompt.prompt_ids.device, prompt.prompt_ids
     keys = torch.tensor(row_keys, dtype=torch.int64, device=device)
     eos = torch.tensor(eos_token_ids, dtype=torch.long, device=device)
     rows = prompt_ids.shape[0]
     # On CUDA, asking whether any row is still alive waits for the GPU: ask every few steps, not every step.
     check_every = 8 if device.type == "cuda" else 1
 
-    was_training = model.training
-    model.eval()
-    try:
-        decoder = make_decoder(model, rows, prompt_ids.shape[1] + max_new_tokens, cuda_graphs=cuda_graphs)
-        logits = decoder.prefill(prompt_ids, prompt_mask) if prompt_pass is None else decoder.start(prompt_pass)
-        tokens, alive = [], torch.ones(rows, dtype=torch.bool, device=device)
-        for step in range(max_new_tokens):
-            token = next_tokens(logits, keys, step, temperature, top_k, top_p)
-            token = torch.where(alive, token, torch.full_like(token, pad_token_id))
-            tokens.append(token)
-            alive = alive & ~torch.isin(token, eos)
-            if step == max_new_tokens - 1 or ((step + 1) % check_every == 0 and not bool(alive.any())):
-                break
-            logits = decoder.step(token)
-    finally:
-        model.train(was_training)
+    decoder = make_decoder(model, rows, prompt_ids.shape[1] + max_new_tokens, cuda_graphs=cuda_graphs)
+    logits = decoder.start(prompt)
+    tokens, alive = [], torch.ones(rows, dtype=torch.bool, device=device)
+    for step in range(max_new_tokens):
+        token = next_tokens(logits, keys, step, temperature, top_k, top_p)
+        token = torch.where(alive, token, torch.full_like(token, pad_token_id))
+        tokens.append(token)
+        alive = alive & ~torch.isin(token, eos)
+        if step == max_new_tokens - 1 or ((step + 1) % check_every == 0 and not bool(alive.any())):
+            break
+        logits = decoder.step(token)
 
     completion_ids = torch.stack(tokens, dim=1) if tokens else prompt_ids.new_zeros((rows, 0))
     completion_mask = completion_mask_from_eos(completion_ids, eos)
-    completion_ids = completion_ids.masked_fill(completion_mask == 0, pad_token_id)
-    return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask)
+    return completion_ids.masked_fill(completion_mask == 0, pad_token_id), completion_mask
 
 
 def completion_mask_from_eos(completion_ids: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:

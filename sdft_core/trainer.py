@@ -31,7 +31,7 @@ import torch
 
 from . import distributed
 from .config import TrainConfig
-from .decoding import PromptPass, cache_argument, position_ids, prompt_pass
+from .decoding import PromptPass, cache_argument, position_ids
 from .losses import (
     completion_loss_mask,
     cross_entropy_loss,
@@ -187,7 +187,6 @@ class Trainer:
         self._orders: dict[int, list[int]] = {}
         self.step = 0
         self.reuse_prompt_pass = self._prompt_pass_reusable()
-        self._prompt_pass: PromptPass | None = None
 
     def _prompt_pass_reusable(self) -> bool:
         """Whether the student's forward over its prompts, taken with gradients before sampling, can also be the
@@ -237,29 +236,27 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def generate(self, rows: list[tuple[Example, int]], keep_prompt_pass: bool = False) -> list[list[int]]:
-        """On-policy completions (token lists, EOS included when emitted) for the given rows.
-
-        `keep_prompt_pass`: take the prompts' forward with gradients and keep it for the next micro-step (see
-        `_prompt_pass_reusable`); the rows must then be one rollout."""
+    def generate(self, rows: list[tuple[Example, int]],
+                 trainable_prompt_pass: bool = False) -> tuple[list[list[int]], PromptPass | None]:
+        """On-policy completions (token lists, EOS included when emitted) for the given rows, and with
+        `trainable_prompt_pass` the prompts' forward taken with gradients (see `_prompt_pass_reusable`; the rows
+        must then be one rollout)."""
         rollout_cfg = self.config.rollout
         chunk = rollout_cfg.batch_size or len(rows)
         completions: list[list[int]] = []
+        prompt = None
         with self.accelerator.autocast(), distributed.gathered_for_generation(self.model):
             for start in range(0, len(rows), chunk):
                 part = rows[start:start + chunk]
-                prompts = [ex.student_ids for ex, _ in part]
-                prompt = None
-                if keep_prompt_pass:
-                    prompt = self._prompt_pass = prompt_pass(self.lm, *pad(prompts, self.pad_id, "left", self.device))
                 rollout = sample_completions(
-                    self.lm, prompts, [key for _, key in part], pad_token_id=self.pad_id,
+                    self.lm, [ex.student_ids for ex, _ in part], [key for _, key in part], pad_token_id=self.pad_id,
                     eos_token_ids=self.eos_ids, max_new_tokens=rollout_cfg.max_new_tokens,
                     temperature=rollout_cfg.temperature, top_k=rollout_cfg.top_k, top_p=rollout_cfg.top_p,
-                    prompt_pass=prompt)
+                    trainable_prompt_pass=trainable_prompt_pass)
+                prompt = rollout.prompt_pass
                 lengths = rollout.completion_mask.sum(-1).tolist()
                 completions += [ids[:length] for ids, length in zip(rollout.completion_ids.tolist(), lengths)]
-        return completions
+        return completions, prompt
 
     def _completion_hidden(self, forward, prompts: list[list[int]], completion_ids: torch.Tensor,
                            completion_mask: torch.Tensor) -> torch.Tensor:
@@ -283,9 +280,10 @@ class Trainer:
                          **cache_argument(decoder, prompt.cache), use_cache=True).last_hidden_state
         return torch.cat([prompt.last_hidden[:, None], hidden], dim=1)
 
-    def micro_step(self, rows: list[tuple[Example, int]], completions: list[list[int]],
-                   timings: dict[str, float]) -> dict[str, float]:
-        """Forward and backward of one micro-batch; the loss is pre-scaled for gradient accumulation."""
+    def micro_step(self, rows: list[tuple[Example, int]], completions: list[list[int]], timings: dict[str, float],
+                   prompt: PromptPass | None = None) -> dict[str, float]:
+        """Forward and backward of one micro-batch; the loss is pre-scaled for gradient accumulation. `prompt`: the
+        student's forward over exactly these rows' prompts, taken with gradients while sampling."""
         config = self.config
         completion_ids, completion_mask = pad(completions, self.pad_id, "right", self.device)
         sdft = config.method == "sdft"
@@ -300,8 +298,7 @@ class Trainer:
                         self.teacher.hidden_states, [ex.teacher_ids for ex, _ in rows],
                         completion_ids, completion_mask)[selected]
             with self._timed(timings, "student"):
-                prompt, self._prompt_pass = self._prompt_pass, None  # a pass serves one forward
-                if prompt is not None and prompt.prompt_ids.shape[0] == len(rows):
+                if prompt is not None:
                     hidden = self._completion_hidden_after(prompt, completion_ids, completion_mask)
                 else:
                     hidden = self._completion_hidden(self.model, students, completion_ids, completion_mask)
@@ -318,15 +315,18 @@ class Trainer:
         return {"loss": float(loss.detach()) * self.accumulation_steps, "token_value_sum": float(per_token.sum()),
                 "loss_tokens": float(selected.sum())}
 
-    def rollouts(self, rows: list[tuple[Example, int]], timings: dict[str, float]) -> list[list[int]]:
-        """SDFT: the student's own samples. SFT/DFT: the demonstrations."""
+    def rollouts(self, rows: list[tuple[Example, int]],
+                 timings: dict[str, float]) -> tuple[list[list[int]], PromptPass | None]:
+        """SDFT: the student's own samples (and the trainable prompt pass, where it is reused). SFT/DFT: the
+        demonstrations."""
         if self.config.method != "sdft":
-            return [ex.demonstration_ids for ex, _ in rows]
+            return [ex.demonstration_ids for ex, _ in rows], None
         with self._timed(timings, "generation"):
-            return self.generate(rows, keep_prompt_pass=self.reuse_prompt_pass)
+            return self.generate(rows, trainable_prompt_pass=self.reuse_prompt_pass)
 
     def accumulate_gradients(self, rows: list[tuple[Example, int]], completions: list[list[int]],
-                             timings: dict[str, float]) -> dict[str, float]:
+                             timings: dict[str, float], prompt: PromptPass | None = None) -> dict[str, float]:
+        """`prompt`: the step's trainable prompt pass; it exists only when the step is one micro-batch."""
         sums = {"loss": 0.0, "token_value_sum": 0.0, "loss_tokens": 0.0}
         micro = self.config.micro_batch_size
         if len(rows) > micro:
@@ -337,7 +337,7 @@ class Trainer:
         for index, start in enumerate(range(0, len(rows), micro)):
             last = index == self.accumulation_steps - 1
             with self._gradient_sync(last):
-                out = self.micro_step(rows[start:start + micro], completions[start:start + micro], timings)
+                out = self.micro_step(rows[start:start + micro], completions[start:start + micro], timings, prompt)
             for key in sums:
                 sums[key] += out[key]
         return sums
@@ -373,8 +373,8 @@ class Trainer:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         rows = self.step_rows(self.step)
-        completions = self.rollouts(rows, timings)
-        sums = self.accumulate_gradients(rows, completions, timings)
+        completions, prompt = self.rollouts(rows, timings)
+        sums = self.accumulate_gradients(rows, completions, timings, prompt)
         grad_norm, lr = self.apply_update(timings)
 
         generated = sum(len(c) for c in completions)

@@ -196,3 +196,30 @@ def test_loss_memory_does_not_hold_logits_of_all_positions():
     loss.backward()
     assert max(saved) <= weight.numel()  # the weight-sized gradient, nothing of size 64 x 5000
     assert hidden.grad is not None and weight.grad is not None
+
+
+@pytest.mark.parametrize("kind", ["forward_kl", "jsd"])  # the closed-form gradient, and autograd per chunk
+def test_under_bf16_autocast_the_head_and_its_gradient_stay_float32(kind):
+    """At SmolLM2's hidden width (576), a bf16 head product puts percent-level error into the gradient; the loss
+    promises float32, whatever autocast the training forward runs under."""
+    g = torch.Generator().manual_seed(8)
+    rows, hidden_size, vocab = 24, 576, 2048
+    hidden = torch.randn(rows, hidden_size, generator=g)
+    weight = torch.randn(vocab, hidden_size, generator=g) * hidden_size ** -0.5
+    teacher_hidden = hidden + 0.3 * torch.randn(rows, hidden_size, generator=g)
+    weights = torch.full((rows,), 1 / rows)
+    config = LossConfig(divergence=kind, chunk_size=8)
+
+    def gradients(dtype, autocast):
+        h = hidden.to(dtype).clone().requires_grad_()
+        w = weight.to(dtype).clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss, _ = distillation_loss(h, (w, None), teacher_hidden.to(dtype), (weight.to(dtype), None), weights,
+                                        config)
+        loss.backward()
+        return loss.detach().double(), h.grad.double(), w.grad.double()
+
+    want = gradients(torch.float64, autocast=False)
+    got = gradients(torch.float32, autocast=True)
+    for reference, value in zip(want, got):
+        assert ((value - reference).norm() / reference.norm()).item() < 1e-5

@@ -71,7 +71,7 @@ def test_a_rows_sample_does_not_depend_on_its_batch(tiny_model, tokenizer):
 
 
 def test_generation_uses_the_kv_cache_even_with_gradient_checkpointing(tiny_model, tokenizer, monkeypatch):
-    """Through the model's own forward (the generic decoder; the lean one has its static cache by construction)."""
+    """Through the model's own forward (the generic decoder; the static-cache one has its cache by construction)."""
     monkeypatch.setattr("sdft_core.rollout.make_decoder", lambda model, *a, **k: GenericDecoder(model))
     enable_activation_checkpointing(tiny_model)
     tiny_model.train()

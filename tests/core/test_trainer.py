@@ -31,7 +31,7 @@ def config(model_dir, output_dir, **overrides):
 
 def fixed_batch_values(trainer, steps):
     rows = trainer.step_rows(0)
-    completions = trainer.rollouts(rows, {})
+    completions, _ = trainer.rollouts(rows, {})  # the pass serves one step; later steps run the prompts again
     values = []
     for _ in range(steps):
         out = trainer.accumulate_gradients(rows, completions, {})
@@ -208,7 +208,7 @@ def test_num_generations_samples_each_prompt_several_times(peaky_model_dir, reco
     rows = trainer.step_rows(0)
     assert len(rows) == 4 and rows[0][0] is rows[1][0] and rows[2][0] is rows[3][0]
     assert len({key for _, key in rows}) == 4
-    completions = trainer.rollouts(rows, {})
+    completions, _ = trainer.rollouts(rows, {})
     assert completions[0] != completions[1]  # two independent samples of the same prompt
     metrics = trainer.train_step()
     assert metrics["step"] == 1 and math.isfinite(metrics["loss"])
@@ -219,9 +219,9 @@ def layer_calls_per_step(trainer):
     # a submodule: the layer itself is checkpointed at `forward`, so only its children run again in backward
     handle = trainer.lm.model.layers[0].self_attn.register_forward_hook(lambda *args: calls.append(1))
     rows = trainer.step_rows(0)
-    completions = trainer.rollouts(rows, {})
+    completions, prompt = trainer.rollouts(rows, {})
     calls.clear()
-    trainer.accumulate_gradients(rows, completions, {})
+    trainer.accumulate_gradients(rows, completions, {}, prompt)
     handle.remove()
     return len(calls)
 
@@ -273,11 +273,12 @@ def test_the_prompt_pass_taken_for_sampling_is_the_prompt_part_of_the_training_f
     widths, grads, samples = {}, {}, {}
     for name, trainer in (("reused", reused), ("plain", plain)):
         rows = trainer.step_rows(0)
-        samples[name] = trainer.rollouts(rows, {})
+        samples[name], prompt = trainer.rollouts(rows, {})
+        assert (prompt is not None) == (name == "reused")
         seen = widths.setdefault(name, [])
         layer = trainer.lm.model.layers[0]
         handle = layer.register_forward_hook(lambda module, args, out, seen=seen: seen.append(args[0].shape[1]))
-        trainer.accumulate_gradients(rows, samples[name], {})
+        trainer.accumulate_gradients(rows, samples[name], {}, prompt)
         handle.remove()
         grads[name] = {n: p.grad.clone() for n, p in trainer.lm.named_parameters()}
         assert math.isfinite(trainer.train_step()["loss"])  # and on to the next step
@@ -296,13 +297,13 @@ def test_micro_batches_hold_rows_of_similar_length_and_the_gradient_is_the_whole
     grads, micro_batches, samples = {}, {}, {}
     for name, trainer in (("whole", whole), ("split", split)):
         rows = trainer.step_rows(0)
-        samples[name] = trainer.rollouts(rows, {})
+        samples[name], _ = trainer.rollouts(rows, {})
         seen = micro_batches.setdefault(name, [])
         micro_step = trainer.micro_step
 
-        def spied(part, completions, timings, trainer=trainer, micro_step=micro_step, seen=seen):
+        def spied(part, completions, timings, prompt=None, trainer=trainer, micro_step=micro_step, seen=seen):
             seen.append([trainer.forward_length(ex, c) for (ex, _), c in zip(part, completions)])
-            return micro_step(part, completions, timings)
+            return micro_step(part, completions, timings, prompt)
 
         trainer.micro_step = spied
         trainer.accumulate_gradients(rows, samples[name], {})
