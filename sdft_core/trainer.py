@@ -25,11 +25,12 @@ from collections.abc import Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from . import distributed
+from .callbacks import ProgressBar, TrainerCallback
+from .checkpoint import Checkpoint, checkpoint_dir, save_checkpoint, truncate_metrics
 from .config import TrainConfig
 from .decoding import PromptPass, cache_argument, position_ids
 from .losses import (
@@ -55,7 +56,6 @@ from .teacher import Teacher
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_PREFIX = "step-"
 PHASES = ("generation", "teacher", "student", "optimizer")
 
 
@@ -96,15 +96,6 @@ def cosine_with_warmup(total_steps: int, warmup_steps: int, min_ratio: float = 0
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
     return multiplier
-
-
-class TrainerCallback:
-    """Receives the run's events; the pipeline subclasses it to stream metrics to its tracker."""
-
-    def on_train_begin(self, info: dict[str, Any]) -> None: ...
-    def on_step_end(self, step: int, metrics: dict[str, float]) -> None: ...
-    def on_checkpoint(self, step: int, path: Path) -> None: ...
-    def on_train_end(self, result: TrainResult) -> None: ...
 
 
 @dataclass
@@ -401,8 +392,6 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------------- run
     def train(self) -> TrainResult:
-        from tqdm.auto import tqdm
-
         resumed_from = self.resume()
         main = self.accelerator.is_main_process
         info = {"total_steps": self.total_steps, "examples": len(self.examples), "rejected": len(self.rejected),
@@ -417,8 +406,6 @@ class Trainer:
                 callback.on_train_begin(info)
 
         metrics: dict[str, float] = {}
-        bar = tqdm(total=self.total_steps, initial=self.step, disable=not main, desc=self.config.method,
-                   dynamic_ncols=True)
         while self.step < self.total_steps:
             metrics = self.train_step()
             if main:
@@ -426,14 +413,11 @@ class Trainer:
                     handle.write(json.dumps(metrics) + "\n")
                 for callback in self.callbacks:
                     callback.on_step_end(self.step, metrics)
-                bar.set_postfix(progress_fields(metrics), refresh=False)
-                bar.update(1)
             if self.step % self.config.checkpoint_every == 0 or self.step == self.total_steps:
                 path = self.save_checkpoint()
                 if main:
                     for callback in self.callbacks:
                         callback.on_checkpoint(self.step, path)
-        bar.close()
 
         model_dir = self.output_dir / "model"
         self.save_final(model_dir)
@@ -445,10 +429,6 @@ class Trainer:
         return result
 
     # ----------------------------------------------------------------------------------------------- state
-    @property
-    def checkpoint_root(self) -> Path:
-        return self.output_dir / "checkpoints"
-
     def student_state(self) -> dict[str, torch.Tensor]:
         """The student's trainable tensors by name, whole (with FSDP: gathered, on rank 0 only)."""
         if self.fsdp:
@@ -461,54 +441,34 @@ class Trainer:
         return self.optimizer.state_dict()
 
     def save_checkpoint(self) -> Path:
-        from safetensors.torch import save_file
-
-        final = self.checkpoint_root / f"{CHECKPOINT_PREFIX}{self.step:06d}"
         # Gathering is collective under FSDP: every rank takes part, rank 0 writes.
         student, optimizer = self.student_state(), self.optimizer_state()
         teacher = self.teacher.state_dict() if self.teacher is not None else None
         if self.accelerator.is_main_process:
-            staging = self.checkpoint_root / f".{final.name}.tmp"
-            shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir(parents=True)
-            save_file(_unshared(student), staging / "model.safetensors")
-            if teacher is not None:
-                save_file(_unshared(teacher), staging / "teacher.safetensors")
-            torch.save(optimizer, staging / "optimizer.pt")
-            torch.save(self.scheduler.state_dict(), staging / "scheduler.pt")
-            torch.save({"cpu": torch.get_rng_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-                       staging / "rng.pt")
-            (staging / "state.json").write_text(json.dumps({
-                "step": self.step, "data_position": self.step * self.config.batch_size,
-                "total_steps": self.total_steps, "fingerprint": self.config.fingerprint(),
-                "processes": self.accelerator.num_processes, "examples": len(self.examples)}, indent=2))
-            shutil.rmtree(final, ignore_errors=True)
-            os.rename(staging, final)  # a checkpoint either exists whole or not at all
-            for old in list_checkpoints(self.output_dir)[:-self.config.keep_checkpoints]:
-                shutil.rmtree(old, ignore_errors=True)
+            save_checkpoint(self.output_dir, self.step, student=student, teacher=teacher, optimizer=optimizer,
+                                   scheduler=self.scheduler.state_dict(), keep=self.config.keep_checkpoints, state={
+                                       "data_position": self.step * self.config.batch_size,
+                                       "total_steps": self.total_steps, "fingerprint": self.config.fingerprint(),
+                                       "processes": self.accelerator.num_processes,
+                                       "examples": len(self.examples)})
         self.accelerator.wait_for_everyone()
-        return final
+        return checkpoint_dir(self.output_dir, self.step)
 
     def resume(self) -> int | None:
         """Continue from the newest complete checkpoint under output_dir, if there is one."""
-        from safetensors.torch import load_file
-
-        checkpoints = list_checkpoints(self.output_dir)
-        if not checkpoints:  # a fresh start: the log of an earlier run in this directory is not this run's
+        checkpoint = Checkpoint.latest(self.output_dir)
+        if checkpoint is None:  # a fresh start: the log of an earlier run in this directory is not this run's
             if self.accelerator.is_main_process:
-                _truncate_metrics(self.output_dir / "metrics.jsonl", 0)
+                truncate_metrics(self.output_dir / "metrics.jsonl", 0)
             return None
-        path = checkpoints[-1]
-        state = json.loads((path / "state.json").read_text())
+        path, state = checkpoint.path, checkpoint.state
         if state["fingerprint"] != self.config.fingerprint():
             raise ValueError(f"{path} was written by a run with a different training config; use a new "
                              f"output_dir, or the same config to resume it")
         if state["examples"] != len(self.examples):
             raise ValueError(f"{path} was trained on {state['examples']} examples, this run has "
                              f"{len(self.examples)}; the data changed, use a new output_dir")
-        weights = load_file(path / "model.safetensors")
-        optimizer = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+        weights, optimizer = checkpoint.student(), checkpoint.optimizer()
         if self.fsdp:
             distributed.load_full_state_dict(self.model, {f"lm.{name}": t for name, t in weights.items()})
             distributed.load_full_optimizer_state(self.model, self.optimizer, optimizer)
@@ -519,15 +479,12 @@ class Trainer:
                         param.copy_(weights[name])
             self.optimizer.load_state_dict(optimizer)
         if self.teacher is not None:
-            self.teacher.load_state_dict(load_file(path / "teacher.safetensors"))
-        self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-        rng = torch.load(path / "rng.pt", weights_only=True)
-        torch.set_rng_state(rng["cpu"])
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        self.step = state["step"]
+            self.teacher.load_state_dict(checkpoint.teacher())
+        self.scheduler.load_state_dict(checkpoint.scheduler())
+        checkpoint.restore_rng()
+        self.step = checkpoint.step
         if self.accelerator.is_main_process:
-            _truncate_metrics(self.output_dir / "metrics.jsonl", self.step)
+            truncate_metrics(self.output_dir / "metrics.jsonl", self.step)
         log.info("resumed from %s (step %d of %d)", path, self.step, self.total_steps)
         return self.step
 
@@ -551,18 +508,11 @@ class Trainer:
         os.rename(staging, model_dir)
 
 
-def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    root = Path(output_dir) / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
-             and (p / "state.json").exists()]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
-
-
 def train(config: TrainConfig, records: Sequence[Demonstration], callbacks: Sequence[TrainerCallback] = (),
-          rejected: Sequence[RejectedRecord] = ()) -> TrainResult:
-    return Trainer(config, records, callbacks, rejected).train()
+          rejected: Sequence[RejectedRecord] = (), progress_bar: bool = True) -> TrainResult:
+    """Train on `records`; `progress_bar`: a terminal bar beside the callbacks."""
+    bar = [ProgressBar(config.method)] if progress_bar else []
+    return Trainer(config, records, [*callbacks, *bar], rejected).train()
 
 
 def retain_freed_memory() -> bool:
@@ -595,56 +545,9 @@ def _use_fsdp(config: TrainConfig, accelerator) -> bool:
     return config.fsdp or accelerator.distributed_type == DistributedType.FSDP
 
 
-def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """safetensors refuses tensors that share memory (tied embeddings): keep the first name of each."""
-    seen, out = set(), {}
-    for name, tensor in state.items():
-        key = (tensor.data_ptr(), tensor.shape)
-        if tensor.numel() and key in seen:
-            continue
-        seen.add(key)
-        out[name] = tensor.contiguous()
-    return out
-
-
 def _mixed_precision(precision: str) -> str:
     if precision == "bf16":
         return "bf16"
     if precision == "auto" and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return "bf16"
     return "no"
-
-
-def progress_fields(metrics: dict[str, float]) -> dict[str, str]:
-    """What the progress bar shows of a step's metrics."""
-    fields = {"loss": f"{metrics['loss']:.4f}"}
-    if "divergence" in metrics:
-        fields["kl"] = f"{metrics['divergence']:.4f}"
-    if "generated_tokens_per_s" in metrics:
-        fields["tok/s"] = f"{metrics['generated_tokens_per_s']:.0f}"
-    return fields
-
-
-def progress_line(step: int, total: int, metrics: dict[str, float], elapsed_s: float, first_step: int = 0) -> str:
-    """The progress bar as one log line, for logs that are not a terminal (Dagster's run log): the step, the
-    bar's fields, and the pace and ETA since `first_step` (where this process started; a resumed run's earlier
-    steps took no time here)."""
-    pace = elapsed_s / max(step - first_step, 1)
-    fields = {"step": f"{step}/{total}", **progress_fields(metrics), "s/step": f"{pace:.1f}",
-              "ETA": format_duration((total - step) * pace)}
-    return "  ".join(f"{name} {value}" for name, value in fields.items())
-
-
-def format_duration(seconds: float) -> str:
-    seconds = max(0, round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, seconds = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metrics logged after the checkpoint we resume from: those steps run again."""
-    if not path.exists():
-        return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept))

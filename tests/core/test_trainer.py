@@ -6,9 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from sdft_core.checkpoint import list_checkpoints
 from sdft_core.config import LoraSettings, RolloutConfig, TeacherConfig, TrainConfig
 from sdft_core.records import records_from_dicts
-from sdft_core.trainer import Trainer, TrainerCallback, cosine_with_warmup, list_checkpoints, train
+from sdft_core.trainer import Trainer, TrainerCallback, cosine_with_warmup, train
 from tests.tiny import save_tiny_model, toy_records
 
 

@@ -209,7 +209,7 @@ def test_a_crashed_training_resumes_from_its_last_checkpoint(chain):
     run_dir = Path(metadata(chain.first, "sdft_model")["run_dir"])
     trained = (run_dir / "model" / "model.safetensors").read_bytes()
     # the state a crash after step 1's checkpoint leaves behind
-    from sdft_core.trainer import list_checkpoints
+    from sdft_core.checkpoint import list_checkpoints
 
     shutil.rmtree(run_dir / "model")
     first, last = list_checkpoints(run_dir)

@@ -3,7 +3,7 @@
 import types
 
 from pipelines.train_entry import PipesProgress
-from sdft_core.trainer import format_duration, progress_line
+from sdft_core.callbacks import format_duration, progress_line
 
 
 def test_a_progress_line_has_the_step_loss_tokens_per_second_and_an_eta_from_the_pace():
