@@ -55,6 +55,7 @@ from typing import Any
 
 import yaml
 
+from pipelines.mlflow_logging import MlflowSteps
 from sdft_core.config import TrainConfig, with_overrides
 from sdft_core.evaluation.drift import kl_to_base, sample_base
 from sdft_core.evaluation.scoring import repeats_itself
@@ -72,7 +73,7 @@ from sdft_core.evaluation.teacher_check import on_policy_check, teacher_check
 from sdft_core.prompts import encode_messages
 from sdft_core.records import chat_messages, records_from_dicts
 from sdft_core.skills import BUILDERS, Skill, read_skill
-from sdft_core.trainer import TrainerCallback, train
+from sdft_core.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("study")
@@ -119,14 +120,6 @@ class StudyConfig:
     skills_dir: str = "data/skills"  # bundled skills are built from the packages when missing here
     eval_batch_size: int = 16
     overrides: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields for every run, dotted keys
-
-
-class MlflowSteps(TrainerCallback):
-    def __init__(self, mlflow):
-        self.mlflow = mlflow
-
-    def on_step_end(self, step, metrics):
-        self.mlflow.log_metrics({f"train/{k}": v for k, v in metrics.items() if k != "step"}, step=step)
 
 
 class Study:
@@ -297,13 +290,13 @@ class Study:
         records = records_from_dicts(self.skill(skill).splits["demonstrations"], source=f"{skill}/demonstrations")
         log.info("unit %s: training (%s, lr %g, seed %d, %s, from %s)", name, method, lr, seed,
                  overrides or "defaults", parent or "base")
-        with self.mlflow.start_run(run_name=name):
+        with self.mlflow.start_run(run_name=name) as run:
             self.mlflow.set_tags({"skill": skill, "method": method, "kind": kind, "parent": parent or "base"})
             self.mlflow.log_params({"lr": lr, "seed": seed, "method": method, "skill": skill,
                                     "overrides": json.dumps(overrides), "steps": config.max_steps,
                                     "epochs": config.epochs, "batch_size": config.batch_size})
             started = time.perf_counter()
-            result = train(config, records.accepted, callbacks=[MlflowSteps(self.mlflow)])
+            result = train(config, records.accepted, callbacks=[MlflowSteps(run.info.run_id)])
             train_seconds = time.perf_counter() - started
             from sdft_core.models import load_inference_model
 

@@ -12,26 +12,11 @@ import json
 import time
 from pathlib import Path
 
+from pipelines.mlflow_logging import MlflowSteps
+from sdft_core.callbacks import TrainerCallback, progress_line
 from sdft_core.config import TrainConfig
 from sdft_core.records import read_demonstrations
-from sdft_core.trainer import TrainerCallback, TrainResult, progress_line, train
-
-
-class MlflowMetrics(TrainerCallback):
-    def __init__(self, tracking_uri: str | None, run_id: str):
-        from mlflow import MlflowClient
-
-        self.client, self.run_id = MlflowClient(tracking_uri=tracking_uri), run_id
-
-    def on_step_end(self, step, metrics):
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(f"train/{k}", float(v), now, step)
-                                                    for k, v in metrics.items() if k != "step"])
-
-    def on_checkpoint(self, step, path):
-        self.client.set_tag(self.run_id, "last_checkpoint", str(path))
+from sdft_core.trainer import TrainResult, train
 
 
 class PipesProgress(TrainerCallback):
@@ -72,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     main_process = PartialState().is_main_process
     callbacks: list[TrainerCallback] = []
     if main_process and args.mlflow_run_id:
-        callbacks.append(MlflowMetrics(os.environ.get("MLFLOW_TRACKING_URI"), args.mlflow_run_id))
+        callbacks.append(MlflowSteps(args.mlflow_run_id, os.environ.get("MLFLOW_TRACKING_URI")))
     if not (main_process and DAGSTER_PIPES_CONTEXT_ENV_VAR in os.environ):
         train(config, loaded.accepted, callbacks, loaded.rejected)
         return 0

@@ -1,0 +1,62 @@
+"""What the pipeline and the experiments log to MLflow, written once: each training step's metrics (a trainer
+callback), named values as one metric batch, and a nested config as flat params.
+
+No Dagster here: `experiments/study.py` imports it with only the `experiment` extra (MLflow) installed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from sdft_core.trainer import TrainerCallback
+
+MAX_PARAM_CHARS = 6000  # MLflow refuses longer param values
+PARAMS_PER_REQUEST = 100  # MLflow's limit on params in one log_batch
+
+
+class MlflowSteps(TrainerCallback):
+    """Each optimizer step's metrics as `train/<name>` at that step, and the last checkpoint as a run tag (a
+    resumed run can be traced to the checkpoint it left). `tracking_uri` None: MLflow's own (the environment's, or
+    what `mlflow.set_tracking_uri` set)."""
+
+    def __init__(self, run_id: str, tracking_uri: str | None = None):
+        from mlflow import MlflowClient
+
+        self.client, self.run_id = MlflowClient(tracking_uri=tracking_uri), run_id
+
+    def on_step_end(self, step, metrics):
+        values = {f"train/{name}": value for name, value in metrics.items() if name != "step"}
+        self.client.log_batch(self.run_id, metrics=metric_batch(values, step))
+
+    def on_checkpoint(self, step, path):
+        self.client.set_tag(self.run_id, "last_checkpoint", str(path))
+
+
+def metric_batch(values: Mapping[str, float], step: int = 0) -> list:
+    """{name: value} as MLflow metrics of one timestamp, for `MlflowClient.log_batch`."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [Metric(name, float(value), now, step) for name, value in values.items()]
+
+
+def log_flat_params(client, run_id: str, config: Mapping[str, Any]) -> None:
+    """A nested config (e.g. `TrainConfig.to_dict()`) as dotted params, so that two runs' settings compare field
+    by field in the MLflow UI."""
+    from mlflow.entities import Param
+
+    params = [Param(name, str(value)[:MAX_PARAM_CHARS]) for name, value in _flatten(config).items()]
+    for start in range(0, len(params), PARAMS_PER_REQUEST):
+        client.log_batch(run_id, params=params[start:start + PARAMS_PER_REQUEST])
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            flat |= _flatten(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
