@@ -38,6 +38,12 @@ def dvc_dir_md5(folder: str | Path, manifest: list[dict[str, str]] | None = None
     return hashlib.md5(json.dumps(manifest, sort_keys=True).encode()).hexdigest() + ".dir"
 
 
+def content_key(*parts) -> str:
+    """A short key of what a result depends on (a run's data, parent and config; an evaluation's plan), for the
+    folder it is kept in: a rerun with the same inputs finds it, any change gets a folder of its own."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def tracked_md5(dvc_file: str | Path) -> str | None:
     """The md5 a `.dvc` file records for its output (None when the file is missing)."""
     dvc_file = Path(dvc_file)

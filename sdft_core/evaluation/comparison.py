@@ -1,12 +1,15 @@
 """Base, parent, SDFT candidate and SFT baseline side by side on one skill: the tables the pipeline shows and the
 gate decides on, and each model's drift KL(base || model) on the skill's eval prompts.
 
-    drift = drift_from_base(base, {"parent": p, "candidate": c, "baseline": b}, eval_records, "base.safetensors",
-                            max_new_tokens=64)
-    table = build_comparison(results, "science", ["arc_easy", "boolq"], drift)
+    models = {"parent": p, "candidate": c, "baseline": b}          # who -> model spec
+    results = evaluate_models(models, {"science": (eval_records, "multiple_choice", 64)}, {"arc_easy": 100},
+                              folders)                              # who -> {task: TaskResult}, cached per folder
+    drift = drift_on_prompts(base, models, eval_records[:32], folders, "drift/", max_new_tokens=64)
+    table = build_comparison(results, "science", ["arc_easy"], drift)
     table.rows      # per task: parent, candidate, candidate - parent with its paired 95% interval, the baseline's
     table.models    # per model: new skill, prior average, KL to the base
     table.gate_inputs()
+    table.benchmark_table(), table.model_table(model_labels("sdft/3", parent_is_base=False))   # in points
 
 `results` maps a model ("base", "parent", "candidate", "baseline"; only parent and candidate are required) to its
 `{task: TaskResult}` on the skill and the prior tasks, items paired by id.
@@ -15,16 +18,33 @@ gate decides on, and each model's drift KL(base || model) on the skill's eval pr
 from __future__ import annotations
 
 import json
+import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .suite import TaskResult, average, paired_difference_ci
+from ..lineage import content_key
+from .suite import Progress, TaskResult, average, evaluate_model, paired_difference_ci
+
+log = logging.getLogger(__name__)
 
 MODELS = ("base", "parent", "candidate", "baseline")
 NAN_CI = [math.nan, math.nan]
+# The drift's completion budget: the skill's max_new_tokens, capped (the base samples' cache holds full-vocabulary
+# log-probabilities, about tokens x vocabulary x 4 bytes)
+DRIFT_MAX_NEW_TOKENS = 64
+
+
+def model_labels(parent_label: str, parent_is_base: bool) -> dict[str, str]:
+    """How the tables and the picture name each model; the parent by its registry label ("sdft/3")."""
+    return {"base": "base", "parent": "base (parent)" if parent_is_base else f"parent {parent_label}",
+            "candidate": "SDFT candidate", "baseline": "SFT baseline"}
+
+
+def _points(value: float) -> float:
+    return round(100 * value, 2)
 
 
 @dataclass
@@ -61,6 +81,37 @@ class Comparison:
     def to_dict(self) -> dict[str, Any]:
         return {"skill": self.skill, "prior_tasks": self.prior_tasks, "rows": self.rows, "models": self.models,
                 **self.summary()}
+
+    def benchmark_table(self) -> list[dict[str, Any]]:
+        """The rows for display, in points: per benchmark the base's and the parent's scores, the candidate's, its
+        delta with the paired interval's bounds, and the SFT baseline's (when evaluated)."""
+        table = []
+        for r in self.rows:
+            row: dict[str, Any] = {"benchmark": r["task"]}
+            if "base" in r:
+                row["base"] = _points(r["base"])
+            row |= {"parent": _points(r["parent"]), "candidate": _points(r["candidate"]),
+                    "delta": _points(r["delta"]), "delta_ci_low": _points(r["delta_ci"][0]),
+                    "delta_ci_high": _points(r["delta_ci"][1])}
+            if "baseline" in r:
+                row |= {"sft_baseline": _points(r["baseline"]), "baseline_delta": _points(r["baseline_delta"]),
+                        "baseline_delta_ci_low": _points(r["baseline_delta_ci"][0]),
+                        "baseline_delta_ci_high": _points(r["baseline_delta_ci"][1])}
+            table.append(row)
+        return table
+
+    def model_table(self, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        """One row per model for display: new skill and prior average in points, KL to the base with its interval
+        (nats per token)."""
+        table = []
+        for m in self.models:
+            row = {"model": labels.get(m["model"], m["model"]), "new_skill": _points(m["new_skill"]),
+                   "prior_average": _points(m["prior_average"])}
+            if "kl_to_base" in m:
+                row |= {"kl_to_base": m["kl_to_base"], "kl_ci_low": m["kl_to_base_ci"][0],
+                        "kl_ci_high": m["kl_to_base_ci"][1]}
+            table.append(row)
+        return table
 
     def points(self, labels: Mapping[str, str]) -> dict[str, tuple[float, float]]:
         """{label: (prior average, new skill)} for the skill-against-prior picture, the KL in each label; a model
@@ -129,7 +180,46 @@ def build_comparison(results: Mapping[str, Mapping[str, TaskResult]], skill: str
                       rows[-1]["delta_ci"] if prior_tasks else list(NAN_CI), drift)
 
 
+# ------------------------------------------------------------------------------------------------- scores
+def evaluate_models(models: Mapping[str, str], skills: Mapping[str, tuple[Sequence[dict], str, int]],
+                    prior_limits: Mapping[str, int | None], folders: Mapping[str, str | Path], *,
+                    benchmarks_dir: str | Path | None = None, batch_size: int = 16,
+                    progress: Callable[[str], Progress] | None = None) -> dict[str, dict[str, TaskResult]]:
+    """Each model ({who: model spec}) scored on the skills ({name: (eval records, scorer, max_new_tokens)}) and
+    the prior tasks, its predictions in `folders[who]`. The scores are kept there as results.json and read back
+    instead of evaluating again, so a folder must be named after everything the scores depend on (the model, the
+    items, the settings). `progress(who)`: that model's `(task, done, total)` callback."""
+    results: dict[str, dict[str, TaskResult]] = {}
+    for who, spec in models.items():
+        cache = Path(folders[who]) / "results.json"
+        if cache.exists():
+            results[who] = {k: TaskResult.from_dict(v) for k, v in json.loads(cache.read_text()).items()}
+            log.info("%s (%s): cached scores from %s", who, spec, cache)
+            continue
+        results[who] = evaluate_model(spec, skills, prior_limits, output_dir=folders[who],
+                                      benchmarks_dir=benchmarks_dir, batch_size=batch_size,
+                                      progress=progress(who) if progress else None)
+        cache.write_text(json.dumps({k: r.to_dict() for k, r in results[who].items()}))
+    return results
+
+
 # ------------------------------------------------------------------------------------------------- drift
+def drift_on_prompts(base_spec: str, models: Mapping[str, str], records: Sequence[dict],
+                     folders: Mapping[str, str | Path], samples_dir: str | Path, *, max_new_tokens: int,
+                     batch_size: int = 16) -> dict[str, dict[str, Any]]:
+    """Each model's drift KL(base || model) on the records' prompts (`drift_from_base`), the base model's too (~0:
+    a check of the measure; measured once when the base is the parent). The completion budget is the skill's
+    `max_new_tokens` capped at DRIFT_MAX_NEW_TOKENS; the base samples are kept in `samples_dir` and each model's
+    result in `folders[who]`, under a key of the base model, the prompts and the budget."""
+    budget = min(int(max_new_tokens), DRIFT_MAX_NEW_TOKENS)
+    key = content_key(base_spec, [str(r["id"]) for r in records], budget)
+    specs = {"base": base_spec, **{who: spec for who, spec in models.items() if who != "base"}}
+    caches = {who: Path(folder) / f"drift-{key}.json" for who, folder in folders.items()}
+    caches.setdefault("base", caches["parent"])  # the base is the parent: one measurement
+    return drift_from_base(base_spec, specs, records, Path(samples_dir) / f"base-{key}.safetensors",
+                           max_new_tokens=budget, batch_size=batch_size, caches=caches)
+
+
 def drift_from_base(base_spec: str, models: Mapping[str, str], records: Sequence[dict], samples_path: str | Path,
                     *, max_new_tokens: int, batch_size: int = 16, caches: Mapping[str, str | Path] | None = None,
                     seed: int = 0) -> dict[str, dict[str, Any]]:
