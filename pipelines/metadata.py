@@ -5,10 +5,13 @@ from __future__ import annotations
 import base64
 import io
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
+
+if TYPE_CHECKING:  # the comparison's module imports torch, which loading the code location does not need
+    from sdft_core.evaluation.comparison import Comparison
 
 
 def progress_log(log, label: str, every_s: float = 30.0, clock=time.monotonic) -> Callable[[str, int, int], None]:
@@ -22,12 +25,6 @@ def progress_log(log, label: str, every_s: float = 30.0, clock=time.monotonic) -
             log.info(f"evaluating {label}: {task} {done}/{total}")
             last[0] = now
     return report
-
-
-def lineage(value: dict[str, Any]) -> dict[str, Any]:
-    """The DVC hashes and git commit every asset of a skill's chain records."""
-    return {"dvc_skill_md5": value["skill_md5"], "dvc_data_md5": value["dataset_md5"],
-            "git_commit": value["git_commit"] or "unknown"}
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, limit: int = 20) -> str:
@@ -133,33 +130,20 @@ def skill_versus_prior_plot(points: dict[str, tuple[float, float]], title: str) 
     return _png(figure)
 
 
-def comparison_tables(table, labels: dict[str, str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The rows of a `sdft_core.evaluation.comparison.Comparison` as display tables, in points: per benchmark (base,
-    parent, candidate, the delta and its interval, the SFT baseline's), and per model (scores and KL to the base)."""
-    def points(value: float) -> float:
-        return round(100 * value, 2)
-
-    deltas = []
-    for r in table.rows:
-        row: dict[str, Any] = {"benchmark": r["task"]}
-        if "base" in r:
-            row["base"] = points(r["base"])
-        row |= {"parent": points(r["parent"]), "candidate": points(r["candidate"]), "delta": points(r["delta"]),
-                "delta_ci_low": points(r["delta_ci"][0]), "delta_ci_high": points(r["delta_ci"][1])}
-        if "baseline" in r:
-            row |= {"sft_baseline": points(r["baseline"]), "baseline_delta": points(r["baseline_delta"]),
-                    "baseline_delta_ci_low": points(r["baseline_delta_ci"][0]),
-                    "baseline_delta_ci_high": points(r["baseline_delta_ci"][1])}
-        deltas.append(row)
-    models = []
-    for m in table.models:
-        row = {"model": labels.get(m["model"], m["model"]), "new_skill": points(m["new_skill"]),
-               "prior_average": points(m["prior_average"])}
-        if "kl_to_base" in m:
-            row |= {"kl_to_base": m["kl_to_base"], "kl_ci_low": m["kl_to_base_ci"][0],
-                    "kl_ci_high": m["kl_to_base_ci"][1]}
-        models.append(row)
-    return deltas, models
+def comparison_metadata(table: Comparison, labels: Mapping[str, str]) -> dict[str, Any]:
+    """A comparison's headline scores (fractions) with their paired intervals, each model's KL to the base, and its
+    two tables in points (per benchmark, per model), sortable in the UI."""
+    skill, prior = table.scores("new_skill"), table.scores("prior_average")
+    metadata: dict[str, Any] = {
+        "new_skill_candidate": skill["candidate"], "new_skill_parent": skill["parent"],
+        "prior_average_candidate": prior["candidate"], "prior_average_parent": prior["parent"],
+        "new_skill_ci_low": table.new_skill_ci[0], "new_skill_ci_high": table.new_skill_ci[1],
+        "prior_average_ci_low": table.prior_average_ci[0], "prior_average_ci_high": table.prior_average_ci[1]}
+    if "baseline" in skill:
+        metadata |= {"new_skill_baseline": skill["baseline"], "prior_average_baseline": prior["baseline"]}
+    return metadata | {f"kl_to_base_{who}": d["mean"] for who, d in table.drift.items()} | {
+        "kl_to_base": dg.MetadataValue.json(table.drift), "models": table_metadata(table.model_table(labels)),
+        "deltas": table_metadata(table.benchmark_table())}
 
 
 def table_metadata(rows: Sequence[dict[str, Any]]) -> dg.MetadataValue:

@@ -12,6 +12,7 @@ from typing import Any
 
 import dagster as dg
 
+from pipelines.skill_chain import Parent
 from sdft_core.config import TrainConfig
 from sdft_core.lineage import dvc_dir_md5, tracked_md5
 
@@ -140,13 +141,12 @@ class MlflowRegistry(dg.ConfigurableResource):
         except MlflowException:
             return None
 
-    def parent(self) -> dict[str, Any]:
+    def parent(self) -> Parent:
         """What the next skill trains from: the champion, or the base model when there is none yet."""
         champion = self.version_by_alias("champion")
         if champion is None:
-            return {"version": None, "model": self.base_model, "label": f"base:{self.base_model}"}
-        return {"version": int(champion.version), "model": str(self.local_copy(champion)),
-                "label": f"{self.model_name}/{champion.version}"}
+            return Parent(None, self.base_model, f"base:{self.base_model}")
+        return Parent(int(champion.version), str(self.local_copy(champion)), f"{self.model_name}/{champion.version}")
 
     def local_copy(self, version) -> Path:
         """A local folder with a registered version's weights (the store itself when it is on this disk)."""
