@@ -1,7 +1,8 @@
 """What the pipeline and the experiments log to MLflow, written once: each training step's metrics (a trainer
 callback), named values as one metric batch, and a nested config as flat params.
 
-No Dagster here: `experiments/study.py` imports it with only the `experiment` extra (MLflow) installed.
+No Dagster and no torch here: `experiments/study.py` imports it with only the `experiment` extra (MLflow)
+installed, and the assets' module when the code location loads.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from sdft_core.trainer import TrainerCallback
+from sdft_core.callbacks import TrainerCallback
 
 MAX_PARAM_CHARS = 6000  # MLflow refuses longer param values
 PARAMS_PER_REQUEST = 100  # MLflow's limit on params in one log_batch

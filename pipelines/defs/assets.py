@@ -23,6 +23,7 @@ from pipelines.metadata import (
     skill_versus_prior_plot,
     training_curve_plot,
 )
+from pipelines.mlflow_logging import log_flat_params, metric_batch
 from pipelines.partitions import SKILL_CHAIN, skills
 from pipelines.skill_chain import CuratedSkill, Evaluation, SkillSnapshot, TeacherContexts, TrainedModel
 from sdft_core.config import PromptConfig, TrainConfig, with_overrides
@@ -237,8 +238,6 @@ def _train(context: dg.AssetExecutionContext, contexts: TeacherContexts, train_c
            pipes_subprocess_client: dg.PipesSubprocessClient) -> tuple[TrainedModel, dict]:
     """Train `train_config` on the skill's curated data in `accelerate launch` (through Pipes), in the run folder and
     MLflow run of its run key (a rerun resumes or reuses them); returns the trained model and its metadata."""
-    from pipelines.mlflow_logging import log_flat_params
-
     snapshot, parent = contexts.snapshot, contexts.parent
     run_key = content_key(snapshot.skill, snapshot.skill_md5, parent.label, train_config.fingerprint())
     run_dir = skill_data.work(snapshot.skill, "runs", run_key)
@@ -293,7 +292,6 @@ def benchmark_evaluation(context: dg.AssetExecutionContext, config: EvaluationRu
                          registry: MlflowRegistry) -> dg.Output[Evaluation]:
     """The candidate, its parent, the base model and the SFT baseline (when trained) on the skill's eval split and
     the prior-capability suite, side by side, each with its drift KL(base || model) on the skill's eval prompts."""
-    from pipelines.mlflow_logging import metric_batch
     from sdft_core.evaluation.comparison import build_comparison, drift_on_prompts, evaluate_models, model_labels
     from sdft_core.evaluation.tasks import subsample
 
@@ -401,6 +399,4 @@ def _all_metrics(path: Path) -> list[dict[str, float]]:
 
 
 def _score_metrics(results: dict, prefix: str) -> list:
-    from pipelines.mlflow_logging import metric_batch
-
     return metric_batch({f"{prefix}/{task}": result.score for task, result in results.items()})
