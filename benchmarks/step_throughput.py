@@ -33,7 +33,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 IMPLS = ("ours_sdft", "trl_sdft", "ours_sft")
 PHASES = ("generation", "teacher", "student", "optimizer")

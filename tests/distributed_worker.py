@@ -5,14 +5,10 @@ Trains with the Python API so that a test can crash a run part-way (`--crash-aft
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from sdft_core.config import RolloutConfig, TrainConfig  # noqa: E402
-from sdft_core.records import read_demonstrations  # noqa: E402
-from sdft_core.trainer import TrainerCallback, train  # noqa: E402
+from sdft_core.config import RolloutConfig, TrainConfig
+from sdft_core.records import read_demonstrations
+from sdft_core.trainer import TrainerCallback, train
 
 
 class CrashAfter(TrainerCallback):
