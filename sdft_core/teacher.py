@@ -17,13 +17,14 @@ import torch
 from torch import nn
 
 from . import distributed
+from .config import TEACHER_KINDS
 from .models import HiddenStates, output_head
 
 
 class Teacher:
     def __init__(self, lm: nn.Module, kind: str = "ema", ema_alpha: float = 0.01):
-        if kind not in ("ema", "frozen"):
-            raise ValueError(f"teacher kind must be 'ema' or 'frozen', not {kind!r}")
+        if kind not in TEACHER_KINDS:
+            raise ValueError(f"teacher kind must be one of {', '.join(TEACHER_KINDS)}, not {kind!r}")
         self.kind, self.ema_alpha = kind, ema_alpha
         self.names = [name for name, p in lm.named_parameters() if p.requires_grad]
         # deepcopy's memo maps each frozen tensor to itself: those stay shared with the student.
