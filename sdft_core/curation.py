@@ -19,50 +19,52 @@ import math
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config_schema import Config, Range
 from .records import (
+    JSONL_SUFFIXES,
     Demonstration,
+    InvalidRecord,
     RejectedRecord,
-    _Invalid,
-    _jsonl_rows,
-    _parquet_rows,
-    _validate_prompt,
     collect,
-    read_demonstrations,
+    read_rows,
+    validate_prompt,
 )
 
 CATEGORIES = ("invalid", "too_long", "too_short", "duplicate", "near_duplicate", "in_eval")
 TEMPLATE_MIN_ROWS = 10  # below this, shared shingles are more likely a cluster of near-duplicates than a template
 _WORD = re.compile(r"\w+")
-_ROW_READERS = {".jsonl": _jsonl_rows, ".json": _jsonl_rows, ".ndjson": _jsonl_rows,
-                ".parquet": _parquet_rows, ".pq": _parquet_rows}
 
 
 @dataclass
-class CurationConfig:
-    min_demonstration_chars: int = 1
-    max_prompt_chars: int = 16_000  # all chat messages' contents, the system message included; context apart
-    max_demonstration_chars: int = 8_000
-    max_context_chars: int = 64_000
-    near_duplicate_threshold: float = 0.9  # Jaccard similarity of word-shingle sets; 1.0 disables near-dup removal
-    shingle_size: int = 3
-    template_share: float = 0.5  # shingles in more than this share of rows (and in 10+) are template, not compared
-    eval_fraction: float = 0.1  # used only when the skill has no eval.jsonl
-    split_salt: str = "sdft"  # hash-based split: adding rows never moves old rows between splits
-    max_rejected_share: float = 0.2  # the pipeline's asset check fails above this share of rejected rows
+class CurationConfig(Config):
+    """The limits and thresholds of the curation rules, and how a skill without an eval file is split."""
 
-    def __post_init__(self) -> None:
-        if not 0 < self.near_duplicate_threshold <= 1:
-            raise ValueError(f"near_duplicate_threshold must be in (0, 1], got {self.near_duplicate_threshold}")
-        if not 0 < self.template_share <= 1:
-            raise ValueError(f"template_share must be in (0, 1], got {self.template_share}")
-        if self.shingle_size < 1:
-            raise ValueError(f"shingle_size must be at least 1, got {self.shingle_size}")
-        if not 0 <= self.eval_fraction < 1:
-            raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+    min_demonstration_chars: int = field(default=1, metadata={
+        "help": "shorter demonstrations (stripped) are rejected as too_short", "range": Range(0)})
+    max_prompt_chars: int = field(default=16_000, metadata={
+        "help": "all chat messages' contents, the system message included, the context apart", "range": Range(1)})
+    max_demonstration_chars: int = field(default=8_000, metadata={
+        "help": "longer demonstrations (stripped) are rejected as too_long", "range": Range(1)})
+    max_context_chars: int = field(default=64_000, metadata={
+        "help": "longer contexts (source texts) are rejected as too_long", "range": Range(1)})
+    near_duplicate_threshold: float = field(default=0.9, metadata={
+        "help": "Jaccard similarity of word-shingle sets at which a row is a near-duplicate; 1 disables the rule",
+        "range": Range(0, 1, "(]")})
+    shingle_size: int = field(default=3, metadata={"help": "words per shingle", "range": Range(1)})
+    template_share: float = field(default=0.5, metadata={
+        "help": f"shingles in more than this share of the rows (and in {TEMPLATE_MIN_ROWS}+) are template text, "
+                "left out of the comparison", "range": Range(0, 1, "(]")})
+    eval_fraction: float = field(default=0.1, metadata={
+        "help": "share of the rows held out for eval, only when the skill has no eval.jsonl",
+        "range": Range(0, 1, "[)")})
+    split_salt: str = field(default="sdft", metadata={
+        "help": "salt of the hash-based split: adding rows never moves old rows between splits"})
+    max_rejected_share: float = field(default=0.2, metadata={
+        "help": "the pipeline's asset check fails above this share of rejected rows", "range": Range(0, 1)})
 
 
 @dataclass(frozen=True)
@@ -158,15 +160,12 @@ class _LocatedRows:
 
 def _read_located(path: Path) -> _LocatedRows:
     """`read_demonstrations`, keeping where each accepted record came from, which later rejections name."""
-    reader = _ROW_READERS.get(path.suffix.lower())
-    if reader is None or not path.exists():
-        read_demonstrations(path)  # raises its own error for a missing file or an unsupported type
-        raise AssertionError("unreachable")
+    rows = read_rows(path)  # raises for a missing file or an unsupported type
     order: dict[str, int] = {}
     raw: dict[str, Any] = {}
 
     def tapped() -> Iterator[tuple[str, Any, Any]]:
-        for location, parsed, text in reader(path):
+        for location, parsed, text in rows:
             order[location], raw[location] = len(order), text
             yield location, parsed, text
 
@@ -179,19 +178,19 @@ def _read_located(path: Path) -> _LocatedRows:
 
 def _read_eval(path: Path) -> tuple[list[dict], dict[str, str]]:
     """The eval rows as read, and {question key: where it is asked}; a bad row raises, naming file and line."""
-    if _ROW_READERS.get(path.suffix.lower()) is not _jsonl_rows:
+    if path.suffix.lower() not in JSONL_SUFFIXES:
         raise ValueError(f"{path}: an eval file must be JSONL")
     rows, questions = [], {}
-    for location, parsed, _ in _jsonl_rows(path):
+    for location, parsed, _ in read_rows(path, kind="eval"):
         try:
-            if isinstance(parsed, _Invalid):
+            if isinstance(parsed, InvalidRecord):
                 raise parsed
             if not isinstance(parsed, dict):
-                raise _Invalid(None, f"an eval row must be a JSON object, got {type(parsed).__name__}")
+                raise InvalidRecord(None, f"an eval row must be a JSON object, got {type(parsed).__name__}")
             if parsed.get("prompt") is None:
-                raise _Invalid("prompt", "missing required field")
-            prompt = _validate_prompt(parsed["prompt"])
-        except _Invalid as invalid:
+                raise InvalidRecord("prompt", "missing required field")
+            prompt = validate_prompt(parsed["prompt"])
+        except InvalidRecord as invalid:
             field_name = f"field '{invalid.field}': " if invalid.field else ""
             raise ValueError(f"{path}:{location}: {field_name}{invalid.reason}") from None
         question = prompt if isinstance(prompt, str) else prompt[-1]["content"]

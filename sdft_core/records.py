@@ -4,6 +4,9 @@ A record: `id`, `prompt` (a string, or chat messages ending with a user turn), `
 answer), optional `context` (source text for knowledge tasks), optional `system`. Any other field is kept in
 `metadata`. Invalid rows are never dropped silently: each comes back as a `RejectedRecord` naming the file, the
 line (JSONL) or row (Parquet), the field and the reason.
+
+Reading is in two steps, both public so other readers (curation) can use them: `read_rows` parses a file's rows
+without judging them, and `collect` validates them into a `LoadResult`.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from typing import Any
 
 ROLES = ("system", "user", "assistant")
 KNOWN_FIELDS = ("id", "prompt", "demonstration", "context", "system")
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
+PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
 @dataclass(frozen=True)
@@ -89,7 +94,9 @@ class DemonstrationError(ValueError):
     pass
 
 
-class _Invalid(Exception):
+class InvalidRecord(Exception):
+    """A row that is not a valid record: the field at fault (None: the row as a whole) and why."""
+
     def __init__(self, field_name: str | None, reason: str):
         super().__init__(reason)
         self.field = field_name
@@ -97,25 +104,25 @@ class _Invalid(Exception):
 
 
 def validate_record(raw: Any) -> Demonstration:
-    """Turn one parsed row into a Demonstration, or raise _Invalid naming the field."""
+    """Turn one parsed row into a Demonstration, or raise InvalidRecord naming the field."""
     if not isinstance(raw, dict):
-        raise _Invalid(None, f"a record must be a JSON object, got {type(raw).__name__}")
+        raise InvalidRecord(None, f"a record must be a JSON object, got {type(raw).__name__}")
     for name in ("id", "prompt", "demonstration"):
         if name not in raw or raw[name] is None:
-            raise _Invalid(name, "missing required field")
+            raise InvalidRecord(name, "missing required field")
     record_id = raw["id"]
     if isinstance(record_id, bool) or not isinstance(record_id, (str, int)):
-        raise _Invalid("id", f"must be a string or an integer, got {type(record_id).__name__}")
+        raise InvalidRecord("id", f"must be a string or an integer, got {type(record_id).__name__}")
     record_id = str(record_id).strip()
     if not record_id:
-        raise _Invalid("id", "must not be empty")
+        raise InvalidRecord("id", "must not be empty")
 
-    prompt = _validate_prompt(raw["prompt"])
+    prompt = validate_prompt(raw["prompt"])
     demonstration = _non_empty_string(raw, "demonstration")
     context = _optional_string(raw, "context")
     system = _optional_string(raw, "system")
     if system is not None and not isinstance(prompt, str) and prompt[0]["role"] == "system":
-        raise _Invalid("system", "given both as a field and as the prompt's first message")
+        raise InvalidRecord("system", "given both as a field and as the prompt's first message")
     metadata = {k: v for k, v in raw.items() if k not in KNOWN_FIELDS}
     return Demonstration(record_id, prompt, demonstration, context, system, metadata)
 
@@ -123,9 +130,9 @@ def validate_record(raw: Any) -> Demonstration:
 def _non_empty_string(raw: dict, name: str) -> str:
     value = raw[name]
     if not isinstance(value, str):
-        raise _Invalid(name, f"must be a string, got {type(value).__name__}")
+        raise InvalidRecord(name, f"must be a string, got {type(value).__name__}")
     if not value.strip():
-        raise _Invalid(name, "must not be empty")
+        raise InvalidRecord(name, "must not be empty")
     return value
 
 
@@ -135,36 +142,52 @@ def _optional_string(raw: dict, name: str) -> str | None:
     return _non_empty_string(raw, name)
 
 
-def _validate_prompt(prompt: Any) -> str | tuple[dict[str, str], ...]:
+def validate_prompt(prompt: Any) -> str | tuple[dict[str, str], ...]:
+    """A prompt (text, or chat messages ending with a user turn) as the record holds it, or InvalidRecord."""
     if isinstance(prompt, str):
         if not prompt.strip():
-            raise _Invalid("prompt", "must not be empty")
+            raise InvalidRecord("prompt", "must not be empty")
         return prompt
     if hasattr(prompt, "tolist"):  # numpy arrays from Parquet list columns
         prompt = prompt.tolist()
     if not isinstance(prompt, list):
-        raise _Invalid("prompt", f"must be a string or a list of chat messages, got {type(prompt).__name__}")
+        raise InvalidRecord("prompt", f"must be a string or a list of chat messages, got {type(prompt).__name__}")
     if not prompt:
-        raise _Invalid("prompt", "the message list is empty")
+        raise InvalidRecord("prompt", "the message list is empty")
     messages = []
     for i, message in enumerate(prompt):
         if not isinstance(message, dict) or set(message) - {"role", "content"} or "role" not in message:
-            raise _Invalid(f"prompt[{i}]", "must be an object with 'role' and 'content'")
+            raise InvalidRecord(f"prompt[{i}]", "must be an object with 'role' and 'content'")
         role, content = message["role"], message.get("content")
         if role not in ROLES:
-            raise _Invalid(f"prompt[{i}].role", f"must be one of {', '.join(ROLES)}, got {role!r}")
+            raise InvalidRecord(f"prompt[{i}].role", f"must be one of {', '.join(ROLES)}, got {role!r}")
         if not isinstance(content, str) or not content.strip():
-            raise _Invalid(f"prompt[{i}].content", "must be a non-empty string")
+            raise InvalidRecord(f"prompt[{i}].content", "must be a non-empty string")
         if role == "system" and i != 0:
-            raise _Invalid(f"prompt[{i}].role", "a system message may only come first")
+            raise InvalidRecord(f"prompt[{i}].role", "a system message may only come first")
         messages.append({"role": role, "content": content})
     if messages[-1]["role"] != "user":
-        raise _Invalid(f"prompt[{len(messages) - 1}].role", "the last message must be a user turn")
+        raise InvalidRecord(f"prompt[{len(messages) - 1}].role", "the last message must be a user turn")
     return tuple(messages)
 
 
+def read_rows(path: str | Path, kind: str = "demonstrations") -> Iterator[tuple[str, Any, Any]]:
+    """The rows of a JSONL or Parquet file, parsed but not validated: (location, parsed row, raw row), where a row
+    that cannot be parsed comes back as an InvalidRecord. A missing file (named as a `kind` file) or another type
+    raises at once."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{kind} file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix in JSONL_SUFFIXES:
+        return _jsonl_rows(path)
+    if suffix in PARQUET_SUFFIXES:
+        return _parquet_rows(path)
+    raise DemonstrationError(f"{path}: unsupported file type {suffix!r}; use .jsonl or .parquet")
+
+
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any, Any]]:
-    """Yield (location, parsed row, raw text); a row that cannot be parsed comes back as an _Invalid instance."""
+    """(location, parsed row, raw text) for each non-blank line."""
     with path.open("rb") as handle:
         for number, line in enumerate(handle, start=1):
             line = line.rstrip(b"\r\n")
@@ -173,13 +196,13 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any, Any]]:
             try:
                 text = line.decode("utf-8")
             except UnicodeDecodeError as err:
-                invalid = _Invalid(None, f"not valid UTF-8 (byte {err.start}: {err.reason})")
+                invalid = InvalidRecord(None, f"not valid UTF-8 (byte {err.start}: {err.reason})")
                 yield f"line {number}", invalid, line.decode("utf-8", errors="replace")
                 continue
             try:
                 yield f"line {number}", json.loads(text), text
             except json.JSONDecodeError as err:
-                yield f"line {number}", _Invalid(None, f"invalid JSON: {err.msg} at column {err.colno}"), text
+                yield f"line {number}", InvalidRecord(None, f"invalid JSON: {err.msg} at column {err.colno}"), text
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[str, Any, Any]]:
@@ -193,31 +216,22 @@ def _parquet_rows(path: Path) -> Iterator[tuple[str, Any, Any]]:
 
 def read_demonstrations(path: str | Path) -> LoadResult:
     """Read a JSONL or Parquet file of demonstrations; invalid rows come back in `rejected`."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"demonstrations file not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".json", ".ndjson"):
-        rows = _jsonl_rows(path)
-    elif suffix in (".parquet", ".pq"):
-        rows = _parquet_rows(path)
-    else:
-        raise DemonstrationError(f"{path}: unsupported file type {suffix!r}; use .jsonl or .parquet")
-    return collect(rows, source=str(path))
+    return collect(read_rows(path), source=str(Path(path)))
 
 
 def collect(rows: Iterable[tuple[str, Any, Any]], source: str) -> LoadResult:
+    """Validate rows as `read_rows` yields them: each becomes a Demonstration, or a RejectedRecord saying why."""
     accepted: list[Demonstration] = []
     rejected: list[RejectedRecord] = []
     first_seen: dict[str, str] = {}
     for location, parsed, raw in rows:
         try:
-            if isinstance(parsed, _Invalid):
+            if isinstance(parsed, InvalidRecord):
                 raise parsed
             record = validate_record(parsed)
             if record.id in first_seen:
-                raise _Invalid("id", f"duplicate id {record.id!r} (first seen at {first_seen[record.id]})")
-        except _Invalid as invalid:
+                raise InvalidRecord("id", f"duplicate id {record.id!r} (first seen at {first_seen[record.id]})")
+        except InvalidRecord as invalid:
             rejected.append(RejectedRecord(source, location, invalid.field, invalid.reason, raw))
             continue
         first_seen[record.id] = location

@@ -1,7 +1,9 @@
+import ast
 import hashlib
 import json
 import random
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -69,6 +71,13 @@ def test_missing_file_and_unsupported_type_raise_like_read_demonstrations(tmp_pa
     (tmp_path / "d.csv").write_text("id,prompt\n")
     with pytest.raises(DemonstrationError, match="unsupported file type"):
         curate(tmp_path / "d.csv")
+
+
+def test_curation_reads_through_the_public_records_seam():
+    tree = ast.parse(Path(curation.__file__).read_text())
+    imported = [alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module == "records"
+                for alias in node.names]
+    assert "read_rows" in imported and not [name for name in imported if name.startswith("_")]
 
 
 # ------------------------------------------------------------------------------------------- rule 2: lengths

@@ -3,7 +3,14 @@ import json
 import pandas as pd
 import pytest
 
-from sdft_core.records import DemonstrationError, read_demonstrations, records_from_dicts
+from sdft_core.records import (
+    DemonstrationError,
+    InvalidRecord,
+    collect,
+    read_demonstrations,
+    read_rows,
+    records_from_dicts,
+)
 
 GOOD = {"id": "a1", "prompt": "What is 2+2?", "demonstration": "2+2 is 4. So the answer is 4."}
 
@@ -112,6 +119,18 @@ def test_unknown_file_type_and_missing_file(tmp_path):
     (tmp_path / "d.csv").write_text("id\n")
     with pytest.raises(DemonstrationError, match="unsupported file type"):
         read_demonstrations(tmp_path / "d.csv")
+
+
+def test_read_rows_parses_without_judging_and_collect_judges(tmp_path):
+    path = write_lines(tmp_path / "d.jsonl", [json.dumps(GOOD).encode(), b"", b'{"id": ', b'{"id": "x"}'])
+    rows = list(read_rows(path))
+    assert [(location, raw) for location, _, raw in rows] == [("line 1", json.dumps(GOOD)), ("line 3", '{"id": '),
+                                                              ("line 4", '{"id": "x"}')]
+    assert rows[0][1] == GOOD and rows[2][1] == {"id": "x"}  # parsed, not yet validated
+    assert isinstance(rows[1][1], InvalidRecord) and rows[1][1].reason.startswith("invalid JSON")
+    assert collect(read_rows(path), str(path)) == read_demonstrations(path)
+    with pytest.raises(FileNotFoundError, match="eval file not found"):
+        read_rows(tmp_path / "eval.jsonl", kind="eval")  # at once, not when the rows are first read
 
 
 def test_system_given_twice_is_rejected():
