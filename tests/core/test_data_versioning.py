@@ -75,7 +75,7 @@ def test_dvc_repro_curates_a_skill_like_the_pipeline(tmp_path):
     shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(
         yaml.safe_load((ROOT / "params.yaml").read_text()) | {"skills": ["toy"]}))
-    for source in ("sdft_core/curation.py", "sdft_core/records.py"):
+    for source in ("sdft_core/curation.py", "sdft_core/records.py", "pipelines/configs/cpu.yaml"):
         (tmp_path / source).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / source, tmp_path / source)
     folder = tmp_path / "data" / "skills" / "toy"
@@ -95,3 +95,15 @@ def test_dvc_repro_curates_a_skill_like_the_pipeline(tmp_path):
     import pandas as pd
 
     assert list(pd.read_parquet(curated / "rejected.parquet")["location"]) == ["line 31"]
+
+
+def test_dvc_trains_and_evaluates_at_the_demos_sizes():
+    """Every setting of `make demo`'s run config for training and evaluation reaches dvc.yaml's stages, so the two
+    ways of replaying a skill's chain train and score the same model."""
+    import yaml
+
+    run_config = yaml.safe_load((ROOT / "pipelines" / "configs" / "cpu.yaml").read_text())["ops"]
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for stage, asset in (("train", "sdft_model"), ("evaluate", "benchmark_evaluation")):
+        command = stages[stage]["do"]["cmd"]
+        assert {key for key in run_config[asset]["config"] if f"${{ops.{asset}.config.{key}}}" not in command} == set()
