@@ -309,7 +309,8 @@ def benchmark_evaluation(context: dg.AssetExecutionContext, config: EvaluationRu
     if parent.version is not None:
         models["base"] = (registry.base_model, f"base:{registry.base_model}")
     specs = {who: model for who, (model, _) in models.items()}
-    # a model's scores are kept under a key of the model, the eval split and the settings but the drift's
+    # a model's scores are kept under a key of the model, the eval split and the settings (the drift's settings
+    # do not change the scores)
     plan = (file_md5(curated.eval_path), config.model_dump(exclude={"drift_items"}))
     folders = {who: skill_data.work("evals", content_key(label, plan)) for who, (_, label) in models.items()}
     results = evaluate_models(specs, {skill: (eval_records, spec.scorer, spec.max_new_tokens)},
