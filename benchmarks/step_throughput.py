@@ -133,8 +133,9 @@ def model_location(model: str, work: Path, tokenizer_spec: str) -> str:
 def run_ours(method: str, args: argparse.Namespace, model: str) -> dict:
     from sdft_core.config import RolloutConfig, TrainConfig
     from sdft_core.records import records_from_dicts
-    from sdft_core.trainer import Trainer
+    from sdft_core.trainer import Trainer, retain_freed_memory
 
+    retain_freed_memory()  # as `sdft train` and the pipeline's training process do
     total = args.warmup + args.steps
     records = records_from_dicts(bench_records(args.batch * total, args.new_tokens)).accepted
     with tempfile.TemporaryDirectory() as output_dir:

@@ -73,7 +73,7 @@ from sdft_core.evaluation.teacher_check import on_policy_check, teacher_check
 from sdft_core.prompts import encode_messages
 from sdft_core.records import chat_messages, records_from_dicts
 from sdft_core.skills import BUILDERS, Skill, read_skill
-from sdft_core.trainer import train
+from sdft_core.trainer import retain_freed_memory, train
 
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("study")
@@ -796,6 +796,7 @@ def main() -> None:
     parser.add_argument("--commit", action="store_true", help="git-commit each unit as it lands")
     args = parser.parse_args()
     fields = yaml.safe_load(args.config.read_text()) if args.config else {}
+    retain_freed_memory()  # as `sdft train` does: this process trains model after model
     study = Study(StudyConfig(**(fields or {})), args.out, args.work, commit=args.commit)
     # after MLflow's import, which sets up logging its own way; force replaces whatever handlers were there
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)

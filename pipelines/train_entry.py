@@ -16,7 +16,7 @@ from pipelines.mlflow_logging import MlflowSteps
 from sdft_core.callbacks import TrainerCallback, progress_line
 from sdft_core.config import TrainConfig
 from sdft_core.records import read_demonstrations
-from sdft_core.trainer import TrainResult, train
+from sdft_core.trainer import TrainResult, retain_freed_memory, train
 
 
 class PipesProgress(TrainerCallback):
@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
     config = TrainConfig.from_dict(json.loads(args.config.read_text()))
     loaded = read_demonstrations(args.data)
+    retain_freed_memory()  # this process only trains: keep freed memory mapped (see the function)
     main_process = PartialState().is_main_process
     callbacks: list[TrainerCallback] = []
     if main_process and args.mlflow_run_id:

@@ -143,7 +143,7 @@ def _assignments(items: list[str]) -> dict:
 
 def run_train(args: argparse.Namespace) -> int:
     from .records import read_demonstrations
-    from .trainer import train
+    from .trainer import retain_freed_memory, train
 
     try:
         config = config_from_args(args)
@@ -157,6 +157,7 @@ def run_train(args: argparse.Namespace) -> int:
         loaded.raise_if_rejected()
     print(f"{len(loaded.accepted)} demonstrations from {args.data} ({len(loaded.rejected)} rejected)",
           file=sys.stderr)
+    retain_freed_memory()
     result = train(config, loaded.accepted, rejected=loaded.rejected)
     summary = {"model_dir": str(result.model_dir), "steps": result.steps, "resumed_from": result.resumed_from,
                "rejected": len(result.rejected), "final_metrics": result.final_metrics}

@@ -123,8 +123,6 @@ class Trainer:
         self.fsdp = _use_fsdp(config, self.accelerator)
         set_seed(config.seed)
         self.device = self.accelerator.device
-        if self.device.type == "cpu":
-            retain_freed_memory()
 
         self.tokenizer = load_tokenizer(config.model, config.trust_remote_code)
         lm = load_model(config.model, torch.float32, config.trust_remote_code)
@@ -516,7 +514,9 @@ def train(config: TrainConfig, records: Sequence[Demonstration], callbacks: Sequ
 
 
 def retain_freed_memory() -> bool:
-    """Keep freed memory mapped in this process (glibc only; True if it applied).
+    """Keep freed memory mapped in this process (glibc only; True if it applied). A process-wide setting, so the
+    entry points that train on CPU call it (`sdft train`, the pipeline's training process, the study, the
+    benchmark), not the trainer.
 
     glibc hands large freed blocks (above a threshold of at most 32 MB) back to the kernel, so on CPU every step
     pays page faults to map and zero the same few hundred MB again (vocabulary-sized logit chunks, gradients).
