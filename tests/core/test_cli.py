@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.readiness import HANG_GUARD_S
 from tests.tiny import save_tiny_model, toy_records
 
 BIN = Path(sys.executable).parent
@@ -32,7 +33,7 @@ def data_file(tmp_path_factory):
 
 def run(args, **kwargs):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    result = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300, **kwargs)
+    result = subprocess.run(args, capture_output=True, text=True, env=env, timeout=HANG_GUARD_S, **kwargs)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -71,13 +72,13 @@ def test_generate_prints_the_greedy_completion(model_dir):
 def test_strict_mode_and_bad_flags_fail_clearly(model_dir, data_file, tmp_path):
     strict = subprocess.run([sys.executable, "-m", "sdft_core.cli", "train", "--model", str(model_dir), "--data",
                              str(data_file), "--output", str(tmp_path), "--strict", *COMMON],
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert strict.returncode != 0 and "demos.jsonl:line 9: field 'demonstration'" in strict.stderr
     unknown = subprocess.run([sys.executable, "-m", "sdft_core.cli", "train", "--data", str(data_file),
-                              "--set", "loss.nope=1"], capture_output=True, text=True, timeout=300)
+                              "--set", "loss.nope=1"], capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert unknown.returncode == 2 and "unknown config key(s) loss.nope" in unknown.stderr
     wrong_type = subprocess.run([sys.executable, "-m", "sdft_core.cli", "train", "--data", str(data_file),
-                                 "--set", "learning_rate=fast"], capture_output=True, text=True, timeout=300)
+                                 "--set", "learning_rate=fast"], capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert wrong_type.returncode == 2 and "learning_rate must be a number, got 'fast'" in wrong_type.stderr
 
 
@@ -136,7 +137,7 @@ def test_sharded_run_killed_part_way_resumes_to_the_same_weights(model_dir, data
                   "warmup_steps": 1, "checkpoint_every": 2, "rollout": {"max_new_tokens": 8}})]
     run([*worker, "--output", str(tmp_path / "reference")])
     crashed = subprocess.run([*worker, "--output", str(tmp_path / "crashed"), "--crash-after", "3"],
-                             capture_output=True, text=True, timeout=300)
+                             capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert crashed.returncode != 0 and "simulated crash after step 3" in crashed.stderr
     assert [p.name for p in (tmp_path / "crashed" / "checkpoints").iterdir()] == ["step-000002"]
     run([*worker, "--output", str(tmp_path / "crashed")])

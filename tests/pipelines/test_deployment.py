@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import dagster as dg
@@ -22,6 +21,7 @@ from pipelines.defs.resources import MlflowRegistry
 from pipelines.ui import answers, stop
 from tests.pipelines.test_pipeline import Env, toy_skill_rows, write_skill
 from tests.pipelines.test_ui import free_port
+from tests.readiness import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -134,10 +134,8 @@ def test_the_pipeline_runs_on_the_deployments_dagster_yaml_with_postgres_and_an_
              "--port", str(mlflow_port)], cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL,
             stderr=(tmp_path / "mlflow.log").open("w"))
         try:
-            deadline = time.monotonic() + 120
-            while not answers(f"http://127.0.0.1:{mlflow_port}/health"):
-                assert time.monotonic() < deadline and server.poll() is None, (tmp_path / "mlflow.log").read_text()
-                time.sleep(0.5)
+            wait_until(lambda: answers(f"http://127.0.0.1:{mlflow_port}/health"), lambda: server.poll() is None,
+                       "mlflow server", tmp_path / "mlflow.log")
             env = Env(tmp_path)
             env.registry = MlflowRegistry(tracking_uri=f"http://127.0.0.1:{mlflow_port}", base_model=str(env.model),
                                           model_cache=str(tmp_path / "models"))

@@ -18,6 +18,7 @@ from pipelines.defs import assets
 from pipelines.defs.automation import DATA_VERSION_TAG, change_champion, nightly_retrain, skill_data_sensor
 from pipelines.defs.resources import Compute, MlflowRegistry, SkillData
 from sdft_core.lineage import dvc_dir_md5, git_commit
+from tests.readiness import HANG_GUARD_S
 from tests.tiny import save_tiny_model, toy_records
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,7 +102,7 @@ def test_definitions_load_and_dg_check_passes():
                                                                                  for a in CHAIN}
     assert definitions.resolve_job_def("retrain_skill") and definitions.resolve_job_def("change_champion")
     checked = subprocess.run([str(Path(sys.executable).parent / "dg"), "check", "defs"], cwd=ROOT,
-                             capture_output=True, text=True, timeout=300)
+                             capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "All definitions loaded successfully" in checked.stdout + checked.stderr
 

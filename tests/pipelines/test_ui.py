@@ -19,6 +19,7 @@ import pytest
 
 from pipelines.ui import group_alive
 from tests.pipelines.test_pipeline import toy_skill_rows, write_skill
+from tests.readiness import HANG_GUARD_S, wait_until
 from tests.tiny import save_tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,22 +65,21 @@ class UI:
         self.launcher = subprocess.Popen(
             [sys.executable, "-m", "pipelines.cli", "ui", "--dagster-port", str(self.dagster_port), "--mlflow-port",
              str(self.mlflow_port)], cwd=ROOT, env=self.env, stdout=self.log.open("w"), stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and self.launcher.poll() is None:
+        def up() -> bool:
             self.output = self.log.read_text().splitlines(keepends=True)
-            if any("Ctrl-C stops both" in line for line in self.output):
-                for line in self.output:
-                    started = re.match(r"started (\S+) \(pid (\d+)\)", line)
-                    if started:
-                        self.pids[started.group(1)] = int(started.group(2))
-                return self
-            time.sleep(0.5)
-        raise AssertionError("the UIs did not come up:\n" + self.log.read_text()[-3000:])
+            return any("Ctrl-C stops both" in line for line in self.output)
+
+        wait_until(up, lambda: self.launcher.poll() is None, "the UIs", self.log)
+        for line in self.output:
+            started = re.match(r"started (\S+) \(pid (\d+)\)", line)
+            if started:
+                self.pids[started.group(1)] = int(started.group(2))
+        return self
 
     def stop(self) -> str:
         """Ctrl-C (SIGINT, as the terminal sends it to the foreground process); the launcher's last output."""
         self.launcher.send_signal(signal.SIGINT)
-        self.launcher.wait(timeout=60)
+        self.launcher.wait(timeout=HANG_GUARD_S)
         return self.log.read_text()[-3000:]
 
     def __exit__(self, *exc) -> None:
@@ -96,9 +96,9 @@ def test_ui_serves_dagster_and_mlflow_on_loopback_and_one_ctrl_c_stops_every_pro
         text = "".join(ui.output)
         assert f"Dagster UI: {ui.dagster_url}" in text and f"MLflow UI:  {ui.mlflow_url}" in text
         assert set(ui.pids) == {"dagster-webserver", "dagster-daemon", "mlflow"}
-        with urllib.request.urlopen(f"{ui.dagster_url}/server_info", timeout=10) as response:
+        with urllib.request.urlopen(f"{ui.dagster_url}/server_info", timeout=HANG_GUARD_S) as response:
             assert b"dagster_webserver_version" in response.read()
-        with urllib.request.urlopen(f"{ui.mlflow_url}/health", timeout=10) as response:
+        with urllib.request.urlopen(f"{ui.mlflow_url}/health", timeout=HANG_GUARD_S) as response:
             assert response.status == 200
         assert (ui.home / ".nux" / "nux.yaml").exists()  # no community pop-up over the UI
         for port in (ui.dagster_port, ui.mlflow_port):
@@ -130,20 +130,21 @@ def chromium() -> str:
 def get_json(url: str, body: dict | None = None) -> dict:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
+    with urllib.request.urlopen(request, timeout=HANG_GUARD_S) as response:
         return json.loads(response.read())
 
 
-def wait_for_run(dagster_url: str, partition: str, timeout: float) -> dict:
-    """The run of `partition`, polled through Dagster's GraphQL API until it ends."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        runs = get_json(f"{dagster_url}/graphql", {"query": RUNS})["data"]["runsOrError"]["results"]
-        mine = [r for r in runs if {"key": "dagster/partition", "value": partition} in r["tags"]]
-        if mine and mine[0]["status"] in ("SUCCESS", "FAILURE", "CANCELED"):
-            return mine[0]
-        time.sleep(2)
-    raise AssertionError(f"no finished run of {partition} after {timeout:.0f} s: {runs}")
+def wait_for_run(ui: UI, partition: str) -> dict:
+    """The run of `partition`, polled through Dagster's GraphQL API until it ends (while the UIs live)."""
+    found: list[dict] = []
+
+    def ended() -> bool:
+        runs = get_json(f"{ui.dagster_url}/graphql", {"query": RUNS})["data"]["runsOrError"]["results"]
+        found[:] = [r for r in runs if {"key": "dagster/partition", "value": partition} in r["tags"]]
+        return bool(found) and found[0]["status"] in ("SUCCESS", "FAILURE", "CANCELED")
+
+    wait_until(ended, lambda: ui.launcher.poll() is None, f"the run of {partition}", ui.log, poll_s=2)
+    return found[0]
 
 
 def test_a_skill_materialized_from_the_dagster_ui_becomes_a_model_version_with_an_alias_in_mlflow(tmp_path):
@@ -165,7 +166,7 @@ def test_a_skill_materialized_from_the_dagster_ui_becomes_a_model_version_with_a
             browser = playwright.chromium.launch(executable_path=executable, args=BROWSER_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.goto(f"{ui.dagster_url}/asset-groups/skill_chain", wait_until="domcontentloaded")
-            page.get_by_text("registered_model").first.wait_for(timeout=60_000)
+            page.get_by_text("registered_model").first.wait_for(timeout=HANG_GUARD_S * 1000)
             page.screenshot(path=shots / "asset_graph.png")
             page.get_by_role("button", name="Materialize all…").click()
             dialog = page.get_by_role("dialog")
@@ -174,9 +175,9 @@ def test_a_skill_materialized_from_the_dagster_ui_becomes_a_model_version_with_a
             page.keyboard.press("Escape")  # close the partition list, keep the dialog
             dialog.get_by_role("button", name="Launch 1 run").click()
 
-            run = wait_for_run(ui.dagster_url, "toy", timeout=900)
+            run = wait_for_run(ui, "toy")
             page.goto(f"{ui.dagster_url}/runs/{run['runId']}", wait_until="domcontentloaded")
-            page.get_by_text("Success").first.wait_for(timeout=60_000)
+            page.get_by_text("Success").first.wait_for(timeout=HANG_GUARD_S * 1000)
             page.screenshot(path=shots / "run_success.png")
             browser.close()
         assert run["status"] == "SUCCESS", run
