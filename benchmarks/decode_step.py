@@ -41,8 +41,10 @@ def main() -> None:
     args = parser.parse_args()
 
     model = load_model(args.model).eval()
-    print(f"{args.model}, {torch.get_num_threads()} threads; ms per decode step (median of {args.rounds} rounds "
-          f"of {args.steps} steps)")
+    print(
+        f"{args.model}, {torch.get_num_threads()} threads; ms per decode step (median of {args.rounds} rounds "
+        f"of {args.steps} steps)"
+    )
     kinds = ["weight @ x.T", "x @ weight.T"] + (["model forward"] if args.generic else [])
     print(f"{'rows':>5} " + " ".join(f"{kind:>15}" for kind in kinds))
     with torch.no_grad():

@@ -19,7 +19,7 @@ from sdft_core.trainer import Trainer
 
 
 def padded_tokens(lengths: list[int], micro: int) -> int:
-    return sum(len(lengths[i:i + micro]) * max(lengths[i:i + micro]) for i in range(0, len(lengths), micro))
+    return sum(len(lengths[i : i + micro]) * max(lengths[i : i + micro]) for i in range(0, len(lengths), micro))
 
 
 def main() -> None:
@@ -34,8 +34,17 @@ def main() -> None:
 
     records = records_from_dicts(read_jsonl(args.skill / "demonstrations.jsonl")).accepted
     with tempfile.TemporaryDirectory() as output_dir:
-        trainer = Trainer(TrainConfig(method="sdft", model=args.model, output_dir=output_dir, max_steps=args.steps,
-                                      batch_size=args.batch, micro_batch_size=args.micro_batch), records)
+        trainer = Trainer(
+            TrainConfig(
+                method="sdft",
+                model=args.model,
+                output_dir=output_dir,
+                max_steps=args.steps,
+                batch_size=args.batch,
+                micro_batch_size=args.micro_batch,
+            ),
+            records,
+        )
     completion = [0] * args.new_tokens
     real = sampled = grouped = 0
     for step in range(args.steps):
@@ -43,10 +52,14 @@ def main() -> None:
         real += sum(lengths)
         sampled += padded_tokens(lengths, args.micro_batch)
         grouped += padded_tokens(sorted(lengths), args.micro_batch)
-    print(f"{args.skill}: {len(records)} records, {args.steps} steps of {args.batch} rows in micro-batches of "
-          f"{args.micro_batch}, {args.new_tokens} completion tokens")
-    print(f"teacher forward: padding adds {100 * (sampled / real - 1):.1f}% to its real tokens in sampled order, "
-          f"{100 * (grouped / real - 1):.1f}% grouped by length")
+    print(
+        f"{args.skill}: {len(records)} records, {args.steps} steps of {args.batch} rows in micro-batches of "
+        f"{args.micro_batch}, {args.new_tokens} completion tokens"
+    )
+    print(
+        f"teacher forward: padding adds {100 * (sampled / real - 1):.1f}% to its real tokens in sampled order, "
+        f"{100 * (grouped / real - 1):.1f}% grouped by length"
+    )
 
 
 if __name__ == "__main__":

@@ -39,17 +39,25 @@ PHASES = ("generation", "teacher", "student", "optimizer")
 # Random-weight models with real architectures (Qwen2-0.5B / 1.5B shapes) and the embedded model's tokenizer:
 # no weights are needed to measure speed.
 SHAPES = {
-    "qwen2-0.5b-shape": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                             num_key_value_heads=2),
-    "qwen2-1.5b-shape": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                             num_key_value_heads=2),
+    "qwen2-0.5b-shape": dict(
+        hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2
+    ),
+    "qwen2-1.5b-shape": dict(
+        hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2
+    ),
 }
 
 TOPICS = [
-    ("photosynthesis", "the process by which plants use light energy to turn carbon dioxide and water into glucose "
-                       "and oxygen", "C. photosynthesis"),
-    ("evaporation", "the change of liquid water into water vapour when it absorbs heat from its surroundings",
-     "A. evaporation"),
+    (
+        "photosynthesis",
+        "the process by which plants use light energy to turn carbon dioxide and water into glucose and oxygen",
+        "C. photosynthesis",
+    ),
+    (
+        "evaporation",
+        "the change of liquid water into water vapour when it absorbs heat from its surroundings",
+        "A. evaporation",
+    ),
     ("mitochondria", "the organelles that release energy from food through cellular respiration", "B. mitochondria"),
     ("igneous rock", "rock that forms when molten magma or lava cools and hardens", "D. igneous rock"),
     ("friction", "the force that resists the sliding of one surface over another", "A. friction"),
@@ -65,11 +73,15 @@ def bench_records(count: int, demonstration_words: int) -> list[dict]:
     records = []
     for i in range(count):
         name, definition, answer = TOPICS[i % len(TOPICS)]
-        prompt = (f"Question {i}: Which term names {definition}? Choose one option and explain your reasoning "
-                  f"briefly. Options: A, B, C or D.")
-        sentences = [f"The question describes {definition}.",
-                     f"Scientists call this {name}, and it is the only option that matches every part of the "
-                     f"description, so the other options can be ruled out."]
+        prompt = (
+            f"Question {i}: Which term names {definition}? Choose one option and explain your reasoning "
+            f"briefly. Options: A, B, C or D."
+        )
+        sentences = [
+            f"The question describes {definition}.",
+            f"Scientists call this {name}, and it is the only option that matches every part of the "
+            f"description, so the other options can be ruled out.",
+        ]
         while sum(len(s.split()) for s in sentences) < demonstration_words:
             other = TOPICS[(i + len(sentences)) % len(TOPICS)]
             sentences.append(f"It is not {other[0]}, which is {other[1]}.")
@@ -120,9 +132,15 @@ def model_location(model: str, work: Path, tokenizer_spec: str) -> str:
     from sdft_core.models import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_spec)
-    config = Qwen2Config(**SHAPES[model], vocab_size=len(tokenizer), max_position_embeddings=4096,
-                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = Qwen2Config(
+        **SHAPES[model],
+        vocab_size=len(tokenizer),
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16).save_pretrained(target)
     tokenizer.save_pretrained(target)
@@ -139,15 +157,25 @@ def run_ours(method: str, args: argparse.Namespace, model: str) -> dict:
     total = args.warmup + args.steps
     records = records_from_dicts(bench_records(args.batch * total, args.new_tokens)).accepted
     with tempfile.TemporaryDirectory() as output_dir:
-        config = TrainConfig(method=method, model=model, output_dir=output_dir, max_steps=total,
-                             batch_size=args.batch, micro_batch_size=args.micro_batch or args.batch,
-                             learning_rate=args.learning_rate, warmup_steps=1, checkpoint_every=10**9,
-                             rollout=RolloutConfig(max_new_tokens=args.new_tokens))
+        config = TrainConfig(
+            method=method,
+            model=model,
+            output_dir=output_dir,
+            max_steps=total,
+            batch_size=args.batch,
+            micro_batch_size=args.micro_batch or args.batch,
+            learning_rate=args.learning_rate,
+            warmup_steps=1,
+            checkpoint_every=10**9,
+            rollout=RolloutConfig(max_new_tokens=args.new_tokens),
+        )
         trainer = Trainer(config, records)
         trainer.eos_ids = []  # every completion is --new-tokens long, as in the TRL run
-        prompt_tokens = {"student": statistics.mean(len(ex.student_ids) for ex in trainer.examples),
-                         "teacher": statistics.mean(len(ex.teacher_ids) for ex in trainer.examples)}
-        steps = [trainer.train_step() for _ in range(total)][args.warmup:]
+        prompt_tokens = {
+            "student": statistics.mean(len(ex.student_ids) for ex in trainer.examples),
+            "teacher": statistics.mean(len(ex.teacher_ids) for ex in trainer.examples),
+        }
+        steps = [trainer.train_step() for _ in range(total)][args.warmup :]
     return {
         "step_seconds": [s["step_seconds"] for s in steps],
         "phases": {p: [s[f"time_{p}"] for s in steps] for p in PHASES},
@@ -181,6 +209,7 @@ class _PhaseClock:
                 return function(*args, **kwargs)
             finally:
                 self.stop(phase)
+
         return timed
 
     def take(self) -> dict[str, float]:
@@ -202,10 +231,12 @@ def run_trl(args: argparse.Namespace, model: str) -> dict:
 
     total = args.warmup + args.steps
     rows = bench_records(args.batch * total, args.new_tokens)
-    dataset = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
-                                  "privileged_context": r["demonstration"]} for r in rows])
-    template = PAPER_TEACHER_TEMPLATE.replace("{question}", "{prompt}").replace("{demonstration}",
-                                                                                  "{privileged_context}")
+    dataset = Dataset.from_list(
+        [{"prompt": [{"role": "user", "content": r["prompt"]}], "privileged_context": r["demonstration"]} for r in rows]
+    )
+    template = PAPER_TEACHER_TEMPLATE.replace("{question}", "{prompt}").replace(
+        "{demonstration}", "{privileged_context}"
+    )
     location = resolve_model(model)
     tokenizer = load_tokenizer(location)
     tokenizer.padding_side = "left"
@@ -226,19 +257,42 @@ def run_trl(args: argparse.Namespace, model: str) -> dict:
             totals = clock.take()
             step_seconds.append(totals["step"])
             generation, teacher = totals.get("generation", 0.0), totals.get("teacher", 0.0)
-            phases.append({"generation": generation, "teacher": teacher,
-                           "student": totals["training_step"] - generation - teacher,
-                           "optimizer": totals["step"] - totals["training_step"]})
+            phases.append(
+                {
+                    "generation": generation,
+                    "teacher": teacher,
+                    "student": totals["training_step"] - generation - teacher,
+                    "optimizer": totals["step"] - totals["training_step"],
+                }
+            )
 
     with tempfile.TemporaryDirectory() as output_dir:
         config = SDFTConfig(
-            output_dir=output_dir, per_device_train_batch_size=args.batch, gradient_accumulation_steps=1,
-            max_steps=total, learning_rate=args.learning_rate, lr_scheduler_type="constant", max_grad_norm=1.0,
-            bf16=cuda, logging_steps=10**6, report_to="none", save_strategy="no", seed=0, dataloader_num_workers=0,
-            num_generations=1, max_completion_length=args.new_tokens, max_prompt_length=1024,
-            distillation_mode="full_logits", distillation_alpha=0.0, teacher_model_kind="ema",
-            teacher_update_rate=0.01, num_loss_tokens_to_skip=3, temperature=1.0, use_vllm=False,
-            teacher_prompt_template=template)
+            output_dir=output_dir,
+            per_device_train_batch_size=args.batch,
+            gradient_accumulation_steps=1,
+            max_steps=total,
+            learning_rate=args.learning_rate,
+            lr_scheduler_type="constant",
+            max_grad_norm=1.0,
+            bf16=cuda,
+            logging_steps=10**6,
+            report_to="none",
+            save_strategy="no",
+            seed=0,
+            dataloader_num_workers=0,
+            num_generations=1,
+            max_completion_length=args.new_tokens,
+            max_prompt_length=1024,
+            distillation_mode="full_logits",
+            distillation_alpha=0.0,
+            teacher_model_kind="ema",
+            teacher_update_rate=0.01,
+            num_loss_tokens_to_skip=3,
+            temperature=1.0,
+            use_vllm=False,
+            teacher_prompt_template=template,
+        )
         trainer = SDFTTrainer(model=lm, args=config, train_dataset=dataset, processing_class=tokenizer)
         trainer.add_callback(StepClock())  # last, so that the step includes the EMA teacher update callback
         trainer.generation_config.eos_token_id = None  # every completion is --new-tokens long
@@ -249,11 +303,25 @@ def run_trl(args: argparse.Namespace, model: str) -> dict:
         trainer.teacher_model.register_forward_hook(lambda *_: clock.stop("teacher"))
         trainer.train()
     student_tokens = [len(encode_messages(tokenizer, r["prompt"])) for r in dataset]
-    teacher_tokens = [len(encode_messages(tokenizer, [{"role": "user", "content": template.format(
-        prompt=r["prompt"][0]["content"], privileged_context=r["privileged_context"])}])) for r in dataset]
+    teacher_tokens = [
+        len(
+            encode_messages(
+                tokenizer,
+                [
+                    {
+                        "role": "user",
+                        "content": template.format(
+                            prompt=r["prompt"][0]["content"], privileged_context=r["privileged_context"]
+                        ),
+                    }
+                ],
+            )
+        )
+        for r in dataset
+    ]
     return {
-        "step_seconds": step_seconds[args.warmup:],
-        "phases": {p: [ph[p] for ph in phases[args.warmup:]] for p in PHASES},
+        "step_seconds": step_seconds[args.warmup :],
+        "phases": {p: [ph[p] for ph in phases[args.warmup :]] for p in PHASES},
         "completion_tokens": [float(args.new_tokens)] * args.steps,
         "prompt_tokens": {"student": statistics.mean(student_tokens), "teacher": statistics.mean(teacher_tokens)},
         "parameters": sum(p.numel() for p in lm.parameters()),
@@ -299,12 +367,14 @@ def measure_hardware(seconds: float = 1.0) -> dict:
     a = torch.randn(size, size, dtype=dtype, device=device)
     b = torch.randn(size, size, dtype=dtype, device=device)
     flops = 2 * size**3 / best_of(lambda: a @ b)
-    return {"bandwidth_gb_s": bandwidth / 1e9, "matmul_tflop_s": flops / 1e12,
-            "compute_dtype": str(dtype).removeprefix("torch.")}
+    return {
+        "bandwidth_gb_s": bandwidth / 1e9,
+        "matmul_tflop_s": flops / 1e12,
+        "compute_dtype": str(dtype).removeprefix("torch."),
+    }
 
 
-def floor_seconds(shape: dict, batch: int, new_tokens: int, prompt_tokens: dict, hardware: dict,
-                  method: str) -> dict:
+def floor_seconds(shape: dict, batch: int, new_tokens: int, prompt_tokens: dict, hardware: dict, method: str) -> dict:
     """What the hardware allows per phase: weights read once per decode step at the measured bandwidth, and the
     matrix FLOPs of every forward/backward at the measured matrix throughput (embedding lookups are free; the
     LM head is applied only where a token is sampled or scored)."""
@@ -336,8 +406,11 @@ def model_shape(model: str, work: Path, tokenizer_spec: str) -> dict:
     hidden, layers, inter = config.hidden_size, config.num_hidden_layers, config.intermediate_size
     head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
     attention = hidden * head_dim * (2 * config.num_attention_heads + 2 * config.num_key_value_heads)
-    return {"body_parameters": layers * (attention + 3 * hidden * inter), "head_parameters": config.vocab_size * hidden,
-            "compute_bytes": 2 if device_name() != "cpu" else 4}
+    return {
+        "body_parameters": layers * (attention + 3 * hidden * inter),
+        "head_parameters": config.vocab_size * hidden,
+        "compute_bytes": 2 if device_name() != "cpu" else 4,
+    }
 
 
 # ------------------------------------------------------------------------------------------------ report
@@ -346,13 +419,21 @@ def summarize(impl: str, results: list[dict], args: argparse.Namespace) -> dict:
     phases = {p: statistics.median(x for r in results for x in r["phases"][p]) for p in PHASES}
     generated = args.batch * statistics.mean(c for r in results for c in r["completion_tokens"])
     return {
-        "device": results[0]["device"], "model": args.model, "impl": impl, "batch": args.batch,
-        "new_tokens": args.new_tokens, "s_per_step_median": statistics.median(seconds),
-        "s_per_step_min": min(seconds), "s_per_step_max": max(seconds),
+        "device": results[0]["device"],
+        "model": args.model,
+        "impl": impl,
+        "batch": args.batch,
+        "new_tokens": args.new_tokens,
+        "s_per_step_median": statistics.median(seconds),
+        "s_per_step_min": min(seconds),
+        "s_per_step_max": max(seconds),
         "gen_tokens_per_s": generated / phases["generation"] if phases["generation"] else 0.0,
         "peak_mem_mb": max(r["peak_mem_mb"] for r in results),
-        "phases_median_s": phases, "steps_measured": len(seconds), "threads": results[0]["threads"],
-        "prompt_tokens_mean": results[0]["prompt_tokens"], "parameters": results[0]["parameters"],
+        "phases_median_s": phases,
+        "steps_measured": len(seconds),
+        "threads": results[0]["threads"],
+        "prompt_tokens_mean": results[0]["prompt_tokens"],
+        "parameters": results[0]["parameters"],
     }
 
 
@@ -366,18 +447,24 @@ def merge_report(path: Path, rows: list[dict]) -> None:
 
 def print_table(rows: list[dict], hardware: dict, machine: str) -> None:
     print(f"\nmachine: {machine}")
-    print(f"measured floor inputs: memory bandwidth {hardware['bandwidth_gb_s']:.1f} GB/s, "
-          f"{hardware['compute_dtype']} matrix product {hardware['matmul_tflop_s'] * 1e3:.0f} GFLOP/s")
-    header = (f"{'impl':<9} {'s/step med':>10} {'[min..max]':>15} {'gen tok/s':>9} "
-              + " ".join(f"{p:>10}" for p in (*PHASES, "peak MB")))
+    print(
+        f"measured floor inputs: memory bandwidth {hardware['bandwidth_gb_s']:.1f} GB/s, "
+        f"{hardware['compute_dtype']} matrix product {hardware['matmul_tflop_s'] * 1e3:.0f} GFLOP/s"
+    )
+    header = f"{'impl':<9} {'s/step med':>10} {'[min..max]':>15} {'gen tok/s':>9} " + " ".join(
+        f"{p:>10}" for p in (*PHASES, "peak MB")
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
         p = r["phases_median_s"]
-        print(f"{r['impl']:<9} {r['s_per_step_median']:>10.3f} "
-              f"{'[{:.3f}..{:.3f}]'.format(r['s_per_step_min'], r['s_per_step_max']):>15} "
-              f"{r['gen_tokens_per_s']:>9.1f} " + " ".join(f"{p[k]:>10.3f}" for k in PHASES)
-              + f" {r['peak_mem_mb']:>10.0f}")
+        print(
+            f"{r['impl']:<9} {r['s_per_step_median']:>10.3f} "
+            f"{'[{:.3f}..{:.3f}]'.format(r['s_per_step_min'], r['s_per_step_max']):>15} "
+            f"{r['gen_tokens_per_s']:>9.1f} "
+            + " ".join(f"{p[k]:>10.3f}" for k in PHASES)
+            + f" {r['peak_mem_mb']:>10.0f}"
+        )
         f = r["floor_s"]
         print(f"{'  floor':<9} {f['step']:>10.3f} {'':>15} {'':>9} " + " ".join(f"{f[k]:>10.3f}" for k in PHASES))
     by_impl = {r["impl"]: r for r in rows}
@@ -385,20 +472,30 @@ def print_table(rows: list[dict], hardware: dict, machine: str) -> None:
     if ours and "trl_sdft" in by_impl:
         print(f"TRL/ours SDFT step time: {by_impl['trl_sdft']['s_per_step_median'] / ours['s_per_step_median']:.2f}x")
     if ours and "ours_sft" in by_impl:
-        print(f"SDFT/SFT step time (ours): {ours['s_per_step_median'] / by_impl['ours_sft']['s_per_step_median']:.2f}x;"
-              f" SDFT peak memory - SFT: {ours['peak_mem_mb'] - by_impl['ours_sft']['peak_mem_mb']:+.0f} MB")
+        print(
+            f"SDFT/SFT step time (ours): {ours['s_per_step_median'] / by_impl['ours_sft']['s_per_step_median']:.2f}x;"
+            f" SDFT peak memory - SFT: {ours['peak_mem_mb'] - by_impl['ours_sft']['peak_mem_mb']:+.0f} MB"
+        )
     if ours:
-        print(f"ours SDFT / its floor: {ours['s_per_step_median'] / ours['floor_s']['step']:.2f}x; "
-              f"prompt tokens (mean): student {ours['prompt_tokens_mean']['student']:.0f}, "
-              f"teacher {ours['prompt_tokens_mean']['teacher']:.0f}; {ours['new_tokens']} new tokens per completion")
+        print(
+            f"ours SDFT / its floor: {ours['s_per_step_median'] / ours['floor_s']['step']:.2f}x; "
+            f"prompt tokens (mean): student {ours['prompt_tokens_mean']['student']:.0f}, "
+            f"teacher {ours['prompt_tokens_mean']['teacher']:.0f}; {ours['new_tokens']} new tokens per completion"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m-instruct",
-                        help=f"an embedded/local model, or a random-weight shape: {', '.join(SHAPES)}")
-    parser.add_argument("--tokenizer", default="smollm2-135m-instruct",
-                        help="the random-weight shapes' tokenizer (a model name or a directory with one)")
+    parser.add_argument(
+        "--model",
+        default="smollm2-135m-instruct",
+        help=f"an embedded/local model, or a random-weight shape: {', '.join(SHAPES)}",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        default="smollm2-135m-instruct",
+        help="the random-weight shapes' tokenizer (a model name or a directory with one)",
+    )
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--micro-batch", type=int, default=None, help="ours; default: the whole batch at once")
     parser.add_argument("--new-tokens", type=int, default=64)
@@ -408,8 +505,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of all implementations")
     parser.add_argument("--impls", default=",".join(IMPLS))
     parser.add_argument("--threads", type=int, default=0, help="CPU threads per process (0: torch's default)")
-    parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "sdft-bench"),
-                        help="where random-weight models are saved")
+    parser.add_argument(
+        "--work", default=str(Path(tempfile.gettempdir()) / "sdft-bench"), help="where random-weight models are saved"
+    )
     parser.add_argument("--report", type=Path, default=ROOT / "reports" / "throughput.json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -430,22 +528,25 @@ def main() -> None:
     for round_index in range(args.rounds):
         for impl in impls:
             started = time.perf_counter()
-            child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--child", impl], capture_output=True,
-                                   text=True, env=env)
+            child = subprocess.run(
+                [sys.executable, __file__, *sys.argv[1:], "--child", impl], capture_output=True, text=True, env=env
+            )
             if child.returncode != 0:
                 sys.exit(f"{impl} failed:\n{child.stderr[-4000:]}")
             results[impl].append(json.loads(child.stdout.strip().splitlines()[-1]))
-            print(f"round {round_index + 1}/{args.rounds} {impl}: "
-                  f"{[round(s, 3) for s in results[impl][-1]['step_seconds']]} s/step "
-                  f"({time.perf_counter() - started:.0f} s with start-up)", flush=True)
+            print(
+                f"round {round_index + 1}/{args.rounds} {impl}: "
+                f"{[round(s, 3) for s in results[impl][-1]['step_seconds']]} s/step "
+                f"({time.perf_counter() - started:.0f} s with start-up)",
+                flush=True,
+            )
 
     shape = model_shape(args.model, Path(args.work), args.tokenizer)
     rows = []
     for impl in impls:
         row = summarize(impl, results[impl], args)
         method = "sft" if impl == "ours_sft" else "sdft"
-        row["floor_s"] = floor_seconds(shape, args.batch, args.new_tokens, row["prompt_tokens_mean"], hardware,
-                                       method)
+        row["floor_s"] = floor_seconds(shape, args.batch, args.new_tokens, row["prompt_tokens_mean"], hardware, method)
         row["hardware"] = hardware
         rows.append(row)
     machine = f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores"

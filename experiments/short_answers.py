@@ -50,13 +50,31 @@ def date_skill(n: int = 600, seed: int = 0) -> Skill:
             continue
         seen.add((year, month, day))
         iso = f"{year:04d}-{month:02d}-{day:02d}"
-        words = rng.choice([f"{calendar.month_name[month]} {day}, {year}", f"{day} {calendar.month_name[month]} {year}",
-                            f"the {day}th of {calendar.month_name[month]}, {year}"])
-        rows.append({"id": f"date-{len(rows)}", "demonstration": iso, "answers": [iso],
-                     "prompt": f"Write the date {words} in ISO 8601 format (YYYY-MM-DD). Answer with the date only."})
-    return Skill("dates", "Dates in words to ISO 8601", "short_answer", 16, "generated",
-                 {"rollout.max_new_tokens": 16},
-                 {"demonstrations": rows[:400], "validation": rows[400:450], "eval": rows[450:]}, task_type="open")
+        words = rng.choice(
+            [
+                f"{calendar.month_name[month]} {day}, {year}",
+                f"{day} {calendar.month_name[month]} {year}",
+                f"the {day}th of {calendar.month_name[month]}, {year}",
+            ]
+        )
+        rows.append(
+            {
+                "id": f"date-{len(rows)}",
+                "demonstration": iso,
+                "answers": [iso],
+                "prompt": f"Write the date {words} in ISO 8601 format (YYYY-MM-DD). Answer with the date only.",
+            }
+        )
+    return Skill(
+        "dates",
+        "Dates in words to ISO 8601",
+        "short_answer",
+        16,
+        "generated",
+        {"rollout.max_new_tokens": 16},
+        {"demonstrations": rows[:400], "validation": rows[400:450], "eval": rows[450:]},
+        task_type="open",
+    )
 
 
 def main() -> None:
@@ -80,21 +98,34 @@ def main() -> None:
         if name in result["models"]:
             return
         model, tokenizer = load_inference_model(path), load_tokenizer(path)
-        scores = evaluate_records(model, tokenizer, "dates", eval_records, skill.scorer, skill.max_new_tokens,
-                                  output_dir=args.work / "evals" / name)
-        outputs = [json.loads(line)["output"] for line in
-                   (args.work / "evals" / name / "dates.predictions.jsonl").read_text().splitlines()]
+        scores = evaluate_records(
+            model,
+            tokenizer,
+            "dates",
+            eval_records,
+            skill.scorer,
+            skill.max_new_tokens,
+            output_dir=args.work / "evals" / name,
+        )
+        outputs = [
+            json.loads(line)["output"]
+            for line in (args.work / "evals" / name / "dates.predictions.jsonl").read_text().splitlines()
+        ]
         result["item_ids"] = scores.item_ids  # the same eval items, in the same order, for every model
-        result["models"][name] = {"score": scores.score, "items": "".join(str(int(v)) for v in scores.item_scores),
-                                  "exact": scores.metrics.get("exact"),
-                                  "mean_words": sum(len(o.split()) for o in outputs) / len(outputs),
-                                  "example_outputs": outputs[:3]}
+        result["models"][name] = {
+            "score": scores.score,
+            "items": "".join(str(int(v)) for v in scores.item_scores),
+            "exact": scores.metrics.get("exact"),
+            "mean_words": sum(len(o.split()) for o in outputs) / len(outputs),
+            "example_outputs": outputs[:3],
+        }
         if name != "base":
             base = result["models"]["base"]
             from sdft_core.evaluation.suite import TaskResult
 
-            before = TaskResult("dates", "", base["score"], len(base["items"]), result["item_ids"],
-                                [float(v) for v in base["items"]])
+            before = TaskResult(
+                "dates", "", base["score"], len(base["items"]), result["item_ids"], [float(v) for v in base["items"]]
+            )
             result["models"][name]["delta_ci"] = list(paired_difference_ci(before, scores))
         log.info("%s: %.3f", name, scores.score)
         args.out.write_text(json.dumps(result, indent=1) + "\n")
@@ -104,18 +135,32 @@ def main() -> None:
     if "checks" not in result or "prior_turn" not in result["checks"]:
         model, tokenizer = load_inference_model(MODEL), load_tokenizer(MODEL)
         demos = skill.splits["demonstrations"]
-        result["checks"] = {"tokens_per_answer": sum(len(tokenizer(d["demonstration"])["input_ids"])
-                                                     for d in demos) / len(demos)}
+        result["checks"] = {
+            "tokens_per_answer": sum(len(tokenizer(d["demonstration"])["input_ids"]) for d in demos) / len(demos)
+        }
         for mode in TEACHER_MODES:
             prompts = PromptConfig(teacher_mode=mode)
-            greedy = teacher_check(model, tokenizer, demos, skill.scorer, prompts, skill.max_new_tokens,
-                                   sample=args.check_sample)
-            on_policy = on_policy_check(model, tokenizer, demos, skill.scorer, prompts, skill.max_new_tokens,
-                                        sample=args.check_sample, samples_per_prompt=4, skip_first_tokens=3)
-            result["checks"][mode] = {"teacher_check": {k: v for k, v in greedy.items() if k != "examples"},
-                                      "on_policy": {k: v for k, v in on_policy.items() if k != "examples"},
-                                      "on_policy_examples": [{k: v for k, v in e.items() if k != "completion_ids"}
-                                                             for e in on_policy["examples"][:8]]}
+            greedy = teacher_check(
+                model, tokenizer, demos, skill.scorer, prompts, skill.max_new_tokens, sample=args.check_sample
+            )
+            on_policy = on_policy_check(
+                model,
+                tokenizer,
+                demos,
+                skill.scorer,
+                prompts,
+                skill.max_new_tokens,
+                sample=args.check_sample,
+                samples_per_prompt=4,
+                skip_first_tokens=3,
+            )
+            result["checks"][mode] = {
+                "teacher_check": {k: v for k, v in greedy.items() if k != "examples"},
+                "on_policy": {k: v for k, v in on_policy.items() if k != "examples"},
+                "on_policy_examples": [
+                    {k: v for k, v in e.items() if k != "completion_ids"} for e in on_policy["examples"][:8]
+                ],
+            }
         args.out.write_text(json.dumps(result, indent=1) + "\n")
         del model
     evaluate("base", MODEL)
@@ -128,11 +173,20 @@ def main() -> None:
             if name in result["models"]:
                 continue
             run_dir = args.work / "runs" / name
-            config = TrainConfig(method=method, model=MODEL, output_dir=str(run_dir), max_steps=args.steps,
-                                 batch_size=args.batch_size, micro_batch_size=args.batch_size, learning_rate=lr,
-                                 warmup_steps=3, seed=0, checkpoint_every=args.steps,
-                                 rollout=RolloutConfig(max_new_tokens=skill.max_new_tokens),
-                                 prompts=PromptConfig(teacher_mode=mode))
+            config = TrainConfig(
+                method=method,
+                model=MODEL,
+                output_dir=str(run_dir),
+                max_steps=args.steps,
+                batch_size=args.batch_size,
+                micro_batch_size=args.batch_size,
+                learning_rate=lr,
+                warmup_steps=3,
+                seed=0,
+                checkpoint_every=args.steps,
+                rollout=RolloutConfig(max_new_tokens=skill.max_new_tokens),
+                prompts=PromptConfig(teacher_mode=mode),
+            )
             config.loss.skip_first_tokens = skip
             started = time.perf_counter()
             train(config, records)
@@ -141,19 +195,24 @@ def main() -> None:
     for name, scores in result["models"].items():  # how often the student's own samples ended, late in training
         metrics_path = args.work / "runs" / name / "metrics.jsonl"
         if metrics_path.exists():
-            last = [json.loads(line) for line in metrics_path.read_text().splitlines()][-max(1, args.steps // 4):]
+            last = [json.loads(line) for line in metrics_path.read_text().splitlines()][-max(1, args.steps // 4) :]
             scores["train_eos_fraction_last_quarter"] = sum(m["eos_fraction"] for m in last) / len(last)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
-    lines = ["| model | dates (eval) | Δ vs base [paired 95% CI] | exact | words | samples ended (training) |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| model | dates (eval) | Δ vs base [paired 95% CI] | exact | words | samples ended (training) |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, scores in result["models"].items():
         ci = scores.get("delta_ci")
         delta = f"{100 * (scores['score'] - result['models']['base']['score']):+.1f} "
         ended = scores.get("train_eos_fraction_last_quarter")
-        lines.append(f"| {name} | {100 * scores['score']:.1f} | "
-                     + (delta + f"[{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ci else "-")
-                     + f" | {100 * (scores.get('exact') or 0):.0f} | {scores.get('mean_words', 0):.1f} | "
-                     + ("-" if ended is None else f"{100 * ended:.0f}%") + " |")
+        lines.append(
+            f"| {name} | {100 * scores['score']:.1f} | "
+            + (delta + f"[{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]" if ci else "-")
+            + f" | {100 * (scores.get('exact') or 0):.0f} | {scores.get('mean_words', 0):.1f} | "
+            + ("-" if ended is None else f"{100 * ended:.0f}%")
+            + " |"
+        )
     args.out.with_suffix(".md").write_text(f"Made by `{result['command']}` on {MODEL}.\n\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))
     for mode in TEACHER_MODES:

@@ -98,25 +98,38 @@ class StudyConfig:
     drift_prior_max_new_tokens: int = 48
     teacher_check_sample: int = 32
     # A method at its chosen rate with other settings: {name, method, overrides, seeds, skills (default: all)}
-    ablations: list[dict[str, Any]] = field(default_factory=lambda: [
-        {"name": "mask0", "method": "sdft", "overrides": {"loss.skip_first_tokens": 0}, "seeds": [0]},
-        # knowledge's teacher reads the paper's template, which asks for "the thinking process" after a 4-token
-        # answer; tool_use already shows the demonstration as an earlier turn
-        {"name": "prior_turn", "method": "sdft", "overrides": {"prompts.teacher_mode": "prior_turn"},
-         "seeds": [0], "skills": ["knowledge"]},
-        {"name": "gen2", "method": "sdft", "overrides": {"rollout.num_generations": 2, "batch_size": 4},
-         "seeds": [0]},
-    ])
+    ablations: list[dict[str, Any]] = field(
+        default_factory=lambda: [
+            {"name": "mask0", "method": "sdft", "overrides": {"loss.skip_first_tokens": 0}, "seeds": [0]},
+            # knowledge's teacher reads the paper's template, which asks for "the thinking process" after a 4-token
+            # answer; tool_use already shows the demonstration as an earlier turn
+            {
+                "name": "prior_turn",
+                "method": "sdft",
+                "overrides": {"prompts.teacher_mode": "prior_turn"},
+                "seeds": [0],
+                "skills": ["knowledge"],
+            },
+            {
+                "name": "gen2",
+                "method": "sdft",
+                "overrides": {"rollout.num_generations": 2, "batch_size": 4},
+                "seeds": [0],
+            },
+        ]
+    )
     # The sequential chain. An earlier tool_use -> science SDFT chain fell into loops ("The answer is D. The answer
     # is D. ..."). Every model of the first skill's sweep is scored on `chain_skill` (does the first link already
     # loop, and at which rates?), then SDFT trains `chain_skill` at the first skill's chosen SDFT rate from the
     # first skill's SDFT model ("first") or from the base ("base"), each variant changing one suspect.
     chain_skill: str | None = "science"
-    chain_variants: list[dict[str, Any]] = field(default_factory=lambda: [
-        {"name": "chained", "from": "first"},
-        {"name": "from_base", "from": "base"},
-        {"name": "chained_prior_turn", "from": "first", "overrides": {"prompts.teacher_mode": "prior_turn"}},
-    ])
+    chain_variants: list[dict[str, Any]] = field(
+        default_factory=lambda: [
+            {"name": "chained", "from": "first"},
+            {"name": "from_base", "from": "base"},
+            {"name": "chained_prior_turn", "from": "first", "overrides": {"prompts.teacher_mode": "prior_turn"}},
+        ]
+    )
     skills_dir: str = "data/skills"  # bundled skills are built from the packages when missing here
     eval_batch_size: int = 16
     overrides: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields for every run, dotted keys
@@ -181,8 +194,9 @@ class Study:
                 from sdft_core.models import load_inference_model
 
                 base_model = load_inference_model(self.config.model)
-            self._drift_samples[name] = sample_base(base_model, self.tokenizer, prompts, path, max_new_tokens=budget,
-                                                    batch_size=self.config.eval_batch_size)
+            self._drift_samples[name] = sample_base(
+                base_model, self.tokenizer, prompts, path, max_new_tokens=budget, batch_size=self.config.eval_batch_size
+            )
         return self._drift_samples[name]
 
     # ------------------------------------------------------------------------------------------ units
@@ -239,12 +253,17 @@ class Study:
         for skill in self.config.skills:
             spec = self.skill(skill)
             training = spec.training | self.config.overrides
-            check = on_policy_check(model, self.tokenizer, spec.splits["demonstrations"], spec.scorer,
-                                    PromptConfig(teacher_mode=training.get("prompts.teacher_mode", "inline")),
-                                    spec.max_new_tokens, sample=self.config.teacher_check_sample,
-                                    skip_first_tokens=int(training.get("loss.skip_first_tokens",
-                                                                       LossConfig().skip_first_tokens)),
-                                    batch_size=self.config.eval_batch_size)
+            check = on_policy_check(
+                model,
+                self.tokenizer,
+                spec.splits["demonstrations"],
+                spec.scorer,
+                PromptConfig(teacher_mode=training.get("prompts.teacher_mode", "inline")),
+                spec.max_new_tokens,
+                sample=self.config.teacher_check_sample,
+                skip_first_tokens=int(training.get("loss.skip_first_tokens", LossConfig().skip_first_tokens)),
+                batch_size=self.config.eval_batch_size,
+            )
             unit["on_policy"][skill] = {k: v for k, v in check.items() if k != "examples"}
         self.save_unit("checks", unit)
         del model
@@ -255,29 +274,62 @@ class Study:
         from sdft_core.config import PromptConfig
 
         spec = self.skill(skill)
-        check = teacher_check(model, self.tokenizer, spec.splits["demonstrations"], spec.scorer,
-                              PromptConfig(teacher_mode=spec.training.get("prompts.teacher_mode", "inline")),
-                              max_new_tokens=spec.max_new_tokens, sample=self.config.teacher_check_sample,
-                              batch_size=self.config.eval_batch_size)
+        check = teacher_check(
+            model,
+            self.tokenizer,
+            spec.splits["demonstrations"],
+            spec.scorer,
+            PromptConfig(teacher_mode=spec.training.get("prompts.teacher_mode", "inline")),
+            max_new_tokens=spec.max_new_tokens,
+            sample=self.config.teacher_check_sample,
+            batch_size=self.config.eval_batch_size,
+        )
         return {k: v for k, v in check.items() if k != "examples"}
 
-    def train_config(self, skill: str, method: str, lr: float, seed: int, overrides: dict[str, Any],
-                     output_dir: Path, parent: str | None = None) -> TrainConfig:
+    def train_config(
+        self,
+        skill: str,
+        method: str,
+        lr: float,
+        seed: int,
+        overrides: dict[str, Any],
+        output_dir: Path,
+        parent: str | None = None,
+    ) -> TrainConfig:
         c, spec = self.config, self.skill(skill)
-        config = TrainConfig(method=method, model=parent or c.model, output_dir=str(output_dir), max_steps=c.steps,
-                             epochs=c.epochs, batch_size=c.batch_size, micro_batch_size=c.batch_size,
-                             learning_rate=lr, warmup_steps=c.warmup_steps, seed=seed,
-                             checkpoint_every=max(1, (c.steps or 32) // 4))
-        config = with_overrides(config, {"rollout.max_new_tokens": spec.max_new_tokens} | spec.training
-                                | c.overrides | overrides)
+        config = TrainConfig(
+            method=method,
+            model=parent or c.model,
+            output_dir=str(output_dir),
+            max_steps=c.steps,
+            epochs=c.epochs,
+            batch_size=c.batch_size,
+            micro_batch_size=c.batch_size,
+            learning_rate=lr,
+            warmup_steps=c.warmup_steps,
+            seed=seed,
+            checkpoint_every=max(1, (c.steps or 32) // 4),
+        )
+        config = with_overrides(
+            config, {"rollout.max_new_tokens": spec.max_new_tokens} | spec.training | c.overrides | overrides
+        )
         # one micro-batch per step unless the config says otherwise (the prompt pass is then reused)
         if "micro_batch_size" in c.overrides:
             return config
         return with_overrides(config, {"micro_batch_size": config.batch_size * config.rollout.num_generations})
 
-    def run_unit(self, name: str, skill: str, method: str, lr: float, seed: int,
-                 overrides: dict[str, Any] | None = None, kind: str = "sweep", parent: str | None = None,
-                 also_scored: list[str] = ()) -> dict[str, Any]:
+    def run_unit(
+        self,
+        name: str,
+        skill: str,
+        method: str,
+        lr: float,
+        seed: int,
+        overrides: dict[str, Any] | None = None,
+        kind: str = "sweep",
+        parent: str | None = None,
+        also_scored: list[str] = (),
+    ) -> dict[str, Any]:
         """Train one model (from the base, or from `parent`, another unit's name) and score it on its skill and
         `also_scored`, the prior suite and the drift."""
         unit = self.done(name)
@@ -285,16 +337,31 @@ class Study:
             return unit
         overrides = overrides or {}
         run_dir = self.work / "runs" / name
-        config = self.train_config(skill, method, lr, seed, overrides, run_dir,
-                                   parent and str(self.model_dir(parent)))
+        config = self.train_config(skill, method, lr, seed, overrides, run_dir, parent and str(self.model_dir(parent)))
         records = records_from_dicts(self.skill(skill).splits["demonstrations"], source=f"{skill}/demonstrations")
-        log.info("unit %s: training (%s, lr %g, seed %d, %s, from %s)", name, method, lr, seed,
-                 overrides or "defaults", parent or "base")
+        log.info(
+            "unit %s: training (%s, lr %g, seed %d, %s, from %s)",
+            name,
+            method,
+            lr,
+            seed,
+            overrides or "defaults",
+            parent or "base",
+        )
         with self.mlflow.start_run(run_name=name) as run:
             self.mlflow.set_tags({"skill": skill, "method": method, "kind": kind, "parent": parent or "base"})
-            self.mlflow.log_params({"lr": lr, "seed": seed, "method": method, "skill": skill,
-                                    "overrides": json.dumps(overrides), "steps": config.max_steps,
-                                    "epochs": config.epochs, "batch_size": config.batch_size})
+            self.mlflow.log_params(
+                {
+                    "lr": lr,
+                    "seed": seed,
+                    "method": method,
+                    "skill": skill,
+                    "overrides": json.dumps(overrides),
+                    "steps": config.max_steps,
+                    "epochs": config.epochs,
+                    "batch_size": config.batch_size,
+                }
+            )
             started = time.perf_counter()
             result = train(config, records.accepted, callbacks=[MlflowSteps(run.info.run_id)])
             train_seconds = time.perf_counter() - started
@@ -305,18 +372,34 @@ class Study:
             scores = self.scores(model, name, [skill, *also_scored])
             eval_seconds = time.perf_counter() - started
             del model
-            self.mlflow.log_metrics({"new_skill": scores["skills"][skill]["score"],
-                                     "validation": scores["validation"][skill]["score"],
-                                     "prior_avg": scores["prior_avg"],
-                                     "kl_new_skill": scores["kl"][skill]["mean"],
-                                     "kl_prior": scores["kl"]["prior"]["mean"],
-                                     "train_seconds": train_seconds, "eval_seconds": eval_seconds})
+            self.mlflow.log_metrics(
+                {
+                    "new_skill": scores["skills"][skill]["score"],
+                    "validation": scores["validation"][skill]["score"],
+                    "prior_avg": scores["prior_avg"],
+                    "kl_new_skill": scores["kl"][skill]["mean"],
+                    "kl_prior": scores["kl"]["prior"]["mean"],
+                    "train_seconds": train_seconds,
+                    "eval_seconds": eval_seconds,
+                }
+            )
             self.mlflow.log_artifacts(str(self.work / "evals" / name), artifact_path="predictions")
         metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-        unit = {"name": name, "kind": kind, "skill": skill, "method": method, "lr": lr, "seed": seed,
-                "overrides": overrides, "parent": parent, "train": training_summary(metrics) | {
-                    "seconds": train_seconds, "sequences": len(metrics) * config.batch_size *
-                    config.rollout.num_generations}} | scores
+        unit = {
+            "name": name,
+            "kind": kind,
+            "skill": skill,
+            "method": method,
+            "lr": lr,
+            "seed": seed,
+            "overrides": overrides,
+            "parent": parent,
+            "train": training_summary(metrics)
+            | {
+                "seconds": train_seconds,
+                "sequences": len(metrics) * config.batch_size * config.rollout.num_generations,
+            },
+        } | scores
         unit["eval_seconds"] = eval_seconds
         self.save_unit(name, unit)
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)  # only for resuming; weights stay in model/
@@ -332,8 +415,15 @@ class Study:
         if not (path / "model.safetensors").exists():
             unit = self.done(name)
             log.info("unit %s: weights missing here, training it again", name)
-            config = self.train_config(unit["skill"], unit["method"], unit["lr"], unit["seed"], unit["overrides"],
-                                       path.parent, unit.get("parent") and str(self.model_dir(unit["parent"])))
+            config = self.train_config(
+                unit["skill"],
+                unit["method"],
+                unit["lr"],
+                unit["seed"],
+                unit["overrides"],
+                path.parent,
+                unit.get("parent") and str(self.model_dir(unit["parent"])),
+            )
             records = records_from_dicts(self.skill(unit["skill"]).splits["demonstrations"], source=unit["skill"])
             train(config, records.accepted)
         return path
@@ -348,9 +438,14 @@ class Study:
 
         model = load_inference_model(str(self.model_dir(parent)))
         started = time.perf_counter()
-        unit = {"name": name, "kind": "cross", "skill": skill, "parent": parent,
-                "skills": {skill: self.skill_scores(model, name, skill, "eval")},
-                "eval_seconds": time.perf_counter() - started}
+        unit = {
+            "name": name,
+            "kind": "cross",
+            "skill": skill,
+            "parent": parent,
+            "skills": {skill: self.skill_scores(model, name, skill, "eval")},
+            "eval_seconds": time.perf_counter() - started,
+        }
         del model
         self.save_unit(name, unit)
         gc.collect()
@@ -359,13 +454,17 @@ class Study:
     # ------------------------------------------------------------------------------------------ scoring
     @property
     def prior_ids(self) -> dict[str, list[str]]:
-        return {task: [item["id"] for item in subsample(task_items(task), self.config.prior_items_per_task,
-                                                        seed=ITEM_SEED)] for task in PRIOR_SUITE}
+        return {
+            task: [item["id"] for item in subsample(task_items(task), self.config.prior_items_per_task, seed=ITEM_SEED)]
+            for task in PRIOR_SUITE
+        }
 
     @property
     def skill_ids(self) -> dict[str, dict[str, list[str]]]:
-        return {skill: {split: [str(r["id"]) for r in self.items(skill, split)] for split in ("eval", "validation")}
-                for skill in self.config.skills}
+        return {
+            skill: {split: [str(r["id"]) for r in self.items(skill, split)] for split in ("eval", "validation")}
+            for skill in self.config.skills
+        }
 
     def scores(self, model, name: str, skills: list[str]) -> dict[str, Any]:
         """A model's unit fields: skills on eval and validation, the prior suite, and the drift on each."""
@@ -374,30 +473,55 @@ class Study:
         for skill in skills:
             for split, key in (("eval", "skills"), ("validation", "validation")):
                 out[key][skill] = self.skill_scores(model, name, skill, split)
-            log.info("%s: %s eval %.3f validation %.3f", name, skill, out["skills"][skill]["score"],
-                     out["validation"][skill]["score"])
-        prior = evaluate_suite(model, self.tokenizer, {t: c.prior_items_per_task for t in PRIOR_SUITE},
-                               output_dir=folder / "prior", batch_size=c.eval_batch_size)
+            log.info(
+                "%s: %s eval %.3f validation %.3f",
+                name,
+                skill,
+                out["skills"][skill]["score"],
+                out["validation"][skill]["score"],
+            )
+        prior = evaluate_suite(
+            model,
+            self.tokenizer,
+            {t: c.prior_items_per_task for t in PRIOR_SUITE},
+            output_dir=folder / "prior",
+            batch_size=c.eval_batch_size,
+        )
         out["prior"] = {task: task_fields(result) for task, result in prior.items()}
         out["prior_avg"] = average(prior)
         out["prior_avg_ci"] = list(average_ci(prior))
         for drift_name in ["prior", *skills]:
-            drift = kl_to_base(model, self.base_samples(drift_name), self.tokenizer.pad_token_id,
-                               batch_size=c.eval_batch_size)
+            drift = kl_to_base(
+                model, self.base_samples(drift_name), self.tokenizer.pad_token_id, batch_size=c.eval_batch_size
+            )
             out["kl"][drift_name] = drift.to_dict()
-        log.info("%s: prior average %.3f, KL new skill %s, KL prior %.4f", name, out["prior_avg"],
-                 {s: round(out["kl"][s]["mean"], 4) for s in skills}, out["kl"]["prior"]["mean"])
+        log.info(
+            "%s: prior average %.3f, KL new skill %s, KL prior %.4f",
+            name,
+            out["prior_avg"],
+            {s: round(out["kl"][s]["mean"], 4) for s in skills},
+            out["kl"]["prior"]["mean"],
+        )
         return out
 
     def skill_scores(self, model, name: str, skill: str, split: str) -> dict[str, Any]:
         """Greedy score on a split's items; on eval also the share of answers stuck in a loop and their length."""
         spec, folder = self.skill(skill), self.work / "evals" / name / split
-        result = evaluate_records(model, self.tokenizer, skill, self.items(skill, split), spec.scorer,
-                                  spec.max_new_tokens, output_dir=folder, batch_size=self.config.eval_batch_size)
+        result = evaluate_records(
+            model,
+            self.tokenizer,
+            skill,
+            self.items(skill, split),
+            spec.scorer,
+            spec.max_new_tokens,
+            output_dir=folder,
+            batch_size=self.config.eval_batch_size,
+        )
         fields = task_fields(result)
         if split == "eval":
-            outputs = [json.loads(line)["output"] for line in
-                       (folder / f"{skill}.predictions.jsonl").read_text().splitlines()]
+            outputs = [
+                json.loads(line)["output"] for line in (folder / f"{skill}.predictions.jsonl").read_text().splitlines()
+            ]
             fields["repetition_rate"] = statistics.fmean(float(repeats_itself(o)) for o in outputs)
             fields["mean_words"] = statistics.fmean(len(o.split()) for o in outputs)
         return fields
@@ -409,8 +533,10 @@ class Study:
     def chosen_rate(self, skill: str, method: str) -> float:
         """The method's rate with the best validation score on the first seed (ties: the smaller rate)."""
         c = self.config
-        scores = {lr: self.done(self.sweep_name(skill, method, lr, c.seeds[0]))["validation"][skill]["score"]
-                  for lr in c.learning_rates}
+        scores = {
+            lr: self.done(self.sweep_name(skill, method, lr, c.seeds[0]))["validation"][skill]["score"]
+            for lr in c.learning_rates
+        }
         return max(sorted(scores), key=lambda lr: scores[lr])  # max keeps the first (smallest) of equal scores
 
     def run(self) -> dict[str, Any]:
@@ -432,8 +558,15 @@ class Study:
                 lr = self.chosen_rate(skill, ablation["method"])
                 method, label = ablation["method"], ablation["name"]
                 for seed in ablation.get("seeds", c.seeds[:1]):
-                    self.run_unit(f"{skill}-{method}-{label}-lr{lr:g}-seed{seed}", skill, method, lr, seed,
-                                  ablation["overrides"], kind=f"ablation:{label}")
+                    self.run_unit(
+                        f"{skill}-{method}-{label}-lr{lr:g}-seed{seed}",
+                        skill,
+                        method,
+                        lr,
+                        seed,
+                        ablation["overrides"],
+                        kind=f"ablation:{label}",
+                    )
         if c.chain_skill:
             self.chain()
         return self.report()
@@ -447,9 +580,17 @@ class Study:
         lr = self.chosen_rate(first, "sdft")
         for variant in c.chain_variants:
             parent = self.sweep_name(first, "sdft", lr, c.seeds[0]) if variant["from"] == "first" else None
-            self.run_unit(f"chain-{second}-sdft-{variant['name']}-lr{lr:g}-seed{c.seeds[0]}", second, "sdft", lr,
-                          c.seeds[0], variant.get("overrides", {}), kind=f"chain:{variant['name']}", parent=parent,
-                          also_scored=[first])
+            self.run_unit(
+                f"chain-{second}-sdft-{variant['name']}-lr{lr:g}-seed{c.seeds[0]}",
+                second,
+                "sdft",
+                lr,
+                c.seeds[0],
+                variant.get("overrides", {}),
+                kind=f"chain:{variant['name']}",
+                parent=parent,
+                also_scored=[first],
+            )
 
     def report(self) -> dict[str, Any]:
         units = {p.stem: json.loads(p.read_text()) for p in sorted(self.units_dir.glob("*.json"))}
@@ -462,15 +603,19 @@ class Study:
 # ------------------------------------------------------------------------------------------ summaries
 def task_fields(result: TaskResult) -> dict[str, Any]:
     """A task's score and every item's 0/1 in item order, as a string (paired intervals need them)."""
-    return {"score": result.score, "n": result.n, "metrics": result.metrics,
-            "items": "".join("1" if s >= 0.5 else "0" for s in result.item_scores)}
+    return {
+        "score": result.score,
+        "n": result.n,
+        "metrics": result.metrics,
+        "items": "".join("1" if s >= 0.5 else "0" for s in result.item_scores),
+    }
 
 
 def training_summary(metrics: list[dict[str, float]]) -> dict[str, Any]:
     if not metrics:
         return {}
     keys = ("completion_tokens_mean", "eos_fraction", "divergence", "cross_entropy")
-    first, last = metrics[: max(1, len(metrics) // 4)], metrics[-max(1, len(metrics) // 4):]
+    first, last = metrics[: max(1, len(metrics) // 4)], metrics[-max(1, len(metrics) // 4) :]
     out: dict[str, Any] = {"steps": len(metrics), "final_loss": metrics[-1]["loss"]}
     for key in keys:
         if key in metrics[0]:
@@ -480,26 +625,40 @@ def training_summary(metrics: list[dict[str, float]]) -> dict[str, Any]:
 
 
 def _results(unit: dict[str, Any], ids: dict[str, list[str]]) -> dict[str, TaskResult]:
-    return {task: TaskResult(task, "", fields["score"], fields["n"], ids[task], [float(b) for b in fields["items"]])
-            for task, fields in unit["prior"].items()}
+    return {
+        task: TaskResult(task, "", fields["score"], fields["n"], ids[task], [float(b) for b in fields["items"]])
+        for task, fields in unit["prior"].items()
+    }
 
 
 def summarize(config: StudyConfig, units: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """experiment.json's fields from the finished units (any subset of the plan)."""
     base = units.get("base")
-    result: dict[str, Any] = {"model": config.model, "config": asdict(config),
-                              "prior_items_per_task": config.prior_items_per_task, "base": None,
-                              "teacher_check": {}, "on_policy_check": {}, "sweep": [], "runs": [], "ablations": [],
-                              "sequential": [], "targets": []}
+    result: dict[str, Any] = {
+        "model": config.model,
+        "config": asdict(config),
+        "prior_items_per_task": config.prior_items_per_task,
+        "base": None,
+        "teacher_check": {},
+        "on_policy_check": {},
+        "sweep": [],
+        "runs": [],
+        "ablations": [],
+        "sequential": [],
+        "targets": [],
+    }
     if base is None:
         return result
     base_prior = _results(base, base["item_ids"]["prior"])
-    result["base"] = {"prior_avg": base["prior_avg"], "prior_avg_ci": base["prior_avg_ci"],
-                      "prior": {t: v["score"] for t, v in base["prior"].items()},
-                      "new_skill": {s: v["score"] for s, v in base["skills"].items()},
-                      "validation": {s: v["score"] for s, v in base["validation"].items()},
-                      "repetition_rate": {s: v.get("repetition_rate") for s, v in base["skills"].items()},
-                      "kl_prior": base["kl"]["prior"]["mean"]}
+    result["base"] = {
+        "prior_avg": base["prior_avg"],
+        "prior_avg_ci": base["prior_avg_ci"],
+        "prior": {t: v["score"] for t, v in base["prior"].items()},
+        "new_skill": {s: v["score"] for s, v in base["skills"].items()},
+        "validation": {s: v["score"] for s, v in base["validation"].items()},
+        "repetition_rate": {s: v.get("repetition_rate") for s, v in base["skills"].items()},
+        "kl_prior": base["kl"]["prior"]["mean"],
+    }
     result["teacher_check"] = base.get("teacher_check", {})
     result["on_policy_check"] = units.get("checks", {}).get("on_policy", {})
     rows = []
@@ -508,26 +667,48 @@ def summarize(config: StudyConfig, units: dict[str, dict[str, Any]]) -> dict[str
             continue  # the base model, the checks and the chain have their own tables
         skill = unit["skill"]
         prior = _results(unit, base["item_ids"]["prior"])
-        row = {"skill": skill, "method": unit["method"], "lr": unit["lr"], "seed": unit["seed"],
-               "kind": unit["kind"], "name": unit["name"], "overrides": unit["overrides"],
-               "validation": unit["validation"][skill]["score"], "new_skill": unit["skills"][skill]["score"],
-               "new_skill_delta_ci": list(paired_difference_ci(
-                   _skill_result(base, skill), _skill_result(unit, skill, base))),
-               "prior_avg": unit["prior_avg"], "prior_delta_ci": list(paired_difference_ci(base_prior, prior)),
-               "prior": {t: v["score"] for t, v in unit["prior"].items()},
-               "kl_new_skill": unit["kl"][skill]["mean"], "kl_new_skill_ci": unit["kl"][skill]["ci"],
-               "kl_prior": unit["kl"]["prior"]["mean"], "kl_prior_ci": unit["kl"]["prior"]["ci"],
-               "repetition_rate": unit["skills"][skill].get("repetition_rate"),
-               "mean_words": unit["skills"][skill].get("mean_words"), "train": unit["train"]}
+        row = {
+            "skill": skill,
+            "method": unit["method"],
+            "lr": unit["lr"],
+            "seed": unit["seed"],
+            "kind": unit["kind"],
+            "name": unit["name"],
+            "overrides": unit["overrides"],
+            "validation": unit["validation"][skill]["score"],
+            "new_skill": unit["skills"][skill]["score"],
+            "new_skill_delta_ci": list(
+                paired_difference_ci(_skill_result(base, skill), _skill_result(unit, skill, base))
+            ),
+            "prior_avg": unit["prior_avg"],
+            "prior_delta_ci": list(paired_difference_ci(base_prior, prior)),
+            "prior": {t: v["score"] for t, v in unit["prior"].items()},
+            "kl_new_skill": unit["kl"][skill]["mean"],
+            "kl_new_skill_ci": unit["kl"][skill]["ci"],
+            "kl_prior": unit["kl"]["prior"]["mean"],
+            "kl_prior_ci": unit["kl"]["prior"]["ci"],
+            "repetition_rate": unit["skills"][skill].get("repetition_rate"),
+            "mean_words": unit["skills"][skill].get("mean_words"),
+            "train": unit["train"],
+        }
         rows.append(row)
-    result["sweep"] = sorted((r for r in rows if r["kind"] == "sweep"),
-                             key=lambda r: (config.skills.index(r["skill"]) if r["skill"] in config.skills else 99,
-                                            r["method"], r["lr"], r["seed"]))
+    result["sweep"] = sorted(
+        (r for r in rows if r["kind"] == "sweep"),
+        key=lambda r: (
+            config.skills.index(r["skill"]) if r["skill"] in config.skills else 99,
+            r["method"],
+            r["lr"],
+            r["seed"],
+        ),
+    )
     result["ablations"] = [r for r in rows if r["kind"] != "sweep"]
     for skill in config.skills:
         for method in config.methods:
-            first = {r["lr"]: r for r in result["sweep"] if (r["skill"], r["method"], r["seed"]) ==
-                     (skill, method, config.seeds[0])}
+            first = {
+                r["lr"]: r
+                for r in result["sweep"]
+                if (r["skill"], r["method"], r["seed"]) == (skill, method, config.seeds[0])
+            }
             if set(first) != set(config.learning_rates):
                 continue  # the sweep of this method is not finished
             lr = max(sorted(first), key=lambda rate: first[rate]["validation"])
@@ -547,31 +728,55 @@ def chain_rows(config: StudyConfig, units: dict[str, dict[str, Any]], base_prior
         if unit.get("kind") == "cross":
             parent = units.get(unit["parent"], {})
             fields = unit["skills"][unit["skill"]]
-            rows.append({"kind": "cross", "name": unit["name"], "parent": unit["parent"],
-                         "method": parent.get("method"), "lr": parent.get("lr"), "skill": unit["skill"],
-                         "score": fields["score"], "repetition_rate": fields["repetition_rate"],
-                         "mean_words": fields["mean_words"]})
+            rows.append(
+                {
+                    "kind": "cross",
+                    "name": unit["name"],
+                    "parent": unit["parent"],
+                    "method": parent.get("method"),
+                    "lr": parent.get("lr"),
+                    "skill": unit["skill"],
+                    "score": fields["score"],
+                    "repetition_rate": fields["repetition_rate"],
+                    "mean_words": fields["mean_words"],
+                }
+            )
     for unit in units.values():
         if not unit.get("kind", "").startswith("chain:"):
             continue
         skill, first = unit["skill"], config.skills[0]
         fields = unit["skills"][skill]
-        row = {"kind": unit["kind"], "name": unit["name"], "parent": unit["parent"] or "base", "method": "sdft",
-               "lr": unit["lr"], "overrides": unit["overrides"], "skill": skill, "score": fields["score"],
-               "repetition_rate": fields["repetition_rate"], "mean_words": fields["mean_words"],
-               "first_skill": first, "first_skill_score": unit["skills"][first]["score"],
-               "first_skill_repetition_rate": unit["skills"][first]["repetition_rate"],
-               "prior_avg": unit["prior_avg"],
-               "prior_delta_ci": list(paired_difference_ci(base_prior,
-                                                           _results(unit, units["base"]["item_ids"]["prior"]))),
-               "kl_new_skill": unit["kl"][skill]["mean"], "kl_prior": unit["kl"]["prior"]["mean"],
-               "train": unit["train"]}
+        row = {
+            "kind": unit["kind"],
+            "name": unit["name"],
+            "parent": unit["parent"] or "base",
+            "method": "sdft",
+            "lr": unit["lr"],
+            "overrides": unit["overrides"],
+            "skill": skill,
+            "score": fields["score"],
+            "repetition_rate": fields["repetition_rate"],
+            "mean_words": fields["mean_words"],
+            "first_skill": first,
+            "first_skill_score": unit["skills"][first]["score"],
+            "first_skill_repetition_rate": unit["skills"][first]["repetition_rate"],
+            "prior_avg": unit["prior_avg"],
+            "prior_delta_ci": list(
+                paired_difference_ci(base_prior, _results(unit, units["base"]["item_ids"]["prior"]))
+            ),
+            "kl_new_skill": unit["kl"][skill]["mean"],
+            "kl_prior": unit["kl"]["prior"]["mean"],
+            "train": unit["train"],
+        }
         if base_cross is not None:
             ids = [str(i) for i in range(fields["n"])]  # the same items in the same order for every model
             before = base_cross["skills"][skill]
-            row["score_delta_ci"] = list(paired_difference_ci(
-                TaskResult(skill, "", before["score"], before["n"], ids, [float(b) for b in before["items"]]),
-                TaskResult(skill, "", fields["score"], fields["n"], ids, [float(b) for b in fields["items"]])))
+            row["score_delta_ci"] = list(
+                paired_difference_ci(
+                    TaskResult(skill, "", before["score"], before["n"], ids, [float(b) for b in before["items"]]),
+                    TaskResult(skill, "", fields["score"], fields["n"], ids, [float(b) for b in fields["items"]]),
+                )
+            )
         rows.append(row)
     return rows
 
@@ -586,15 +791,26 @@ def frontier_point(skill: str, method: str, lr: float, seeds: list[dict[str, Any
     new = [r["new_skill"] for r in seeds]
     prior = [r["prior_avg"] for r in seeds]
     kl_new, kl_prior = [r["kl_new_skill"] for r in seeds], [r["kl_prior"] for r in seeds]
-    return {"skill": skill, "method": method, "lr": lr, "seeds": len(seeds),
-            "new_skill_mean": statistics.fmean(new), "new_skill_ci": list(mean_ci(new)), "new_skill_per_seed": new,
-            "prior_avg_mean": statistics.fmean(prior), "prior_avg_ci": list(mean_ci(prior)),
-            "prior_avg_per_seed": prior, "prior_drop": base["prior_avg"] - statistics.fmean(prior),
-            "prior_delta_ci_per_seed": [r["prior_delta_ci"] for r in seeds],
-            "kl_new_skill_mean": statistics.fmean(kl_new), "kl_new_skill_ci": list(mean_ci(kl_new)),
-            "kl_prior_mean": statistics.fmean(kl_prior), "kl_prior_ci": list(mean_ci(kl_prior)),
-            "repetition_rate_mean": statistics.fmean(r["repetition_rate"] or 0.0 for r in seeds),
-            "prior_tasks_mean": {t: statistics.fmean(r["prior"][t] for r in seeds) for t in seeds[0]["prior"]}}
+    return {
+        "skill": skill,
+        "method": method,
+        "lr": lr,
+        "seeds": len(seeds),
+        "new_skill_mean": statistics.fmean(new),
+        "new_skill_ci": list(mean_ci(new)),
+        "new_skill_per_seed": new,
+        "prior_avg_mean": statistics.fmean(prior),
+        "prior_avg_ci": list(mean_ci(prior)),
+        "prior_avg_per_seed": prior,
+        "prior_drop": base["prior_avg"] - statistics.fmean(prior),
+        "prior_delta_ci_per_seed": [r["prior_delta_ci"] for r in seeds],
+        "kl_new_skill_mean": statistics.fmean(kl_new),
+        "kl_new_skill_ci": list(mean_ci(kl_new)),
+        "kl_prior_mean": statistics.fmean(kl_prior),
+        "kl_prior_ci": list(mean_ci(kl_prior)),
+        "repetition_rate_mean": statistics.fmean(r["repetition_rate"] or 0.0 for r in seeds),
+        "prior_tasks_mean": {t: statistics.fmean(r["prior"][t] for r in seeds) for t in seeds[0]["prior"]},
+    }
 
 
 def target_lines(result: dict[str, Any]) -> list[str]:
@@ -620,7 +836,8 @@ def target_lines(result: dict[str, Any]) -> list[str]:
             f"New skill SDFT {_pct(sdft['new_skill_mean'])} vs SFT {_pct(sft['new_skill_mean'])} "
             f"({'met' if skill_ok else 'missed'}: at least SFT - 1). Prior drop SDFT {100 * sdft['prior_drop']:+.1f} "
             f"vs SFT {100 * sft['prior_drop']:+.1f} ({'met' if drop_ok else 'missed'}: at most half of SFT's, "
-            f"SFT's > 0).")
+            f"SFT's > 0)."
+        )
     return lines
 
 
@@ -636,58 +853,90 @@ def _ci(interval: list[float], scale: float = 100.0, digits: int = 1) -> str:
 def write_report(result: dict[str, Any], out: Path) -> None:
     (out / "experiment.json").write_text(json.dumps(result, indent=1) + "\n")
     base = result["base"]
-    lines = [f"# The forgetting study: SFT vs DFT vs SDFT on {result['model']}", "",
-             "Made by `make study` (`.venv/bin/python experiments/study.py`); the units it has finished so far.",
-             f"Scores in %; prior = the average of {', '.join(PRIOR_SUITE)} at {result['prior_items_per_task']} "
-             "items each, the same items for every model; Δ prior = model − base with a paired bootstrap 95% "
-             "interval; KL = KL(base ‖ model) in nats per token on the base model's samples of the skill's eval "
-             "prompts (new) and of prior-suite prompts (prior).", ""]
+    lines = [
+        f"# The forgetting study: SFT vs DFT vs SDFT on {result['model']}",
+        "",
+        "Made by `make study` (`.venv/bin/python experiments/study.py`); the units it has finished so far.",
+        f"Scores in %; prior = the average of {', '.join(PRIOR_SUITE)} at {result['prior_items_per_task']} "
+        "items each, the same items for every model; Δ prior = model − base with a paired bootstrap 95% "
+        "interval; KL = KL(base ‖ model) in nats per token on the base model's samples of the skill's eval "
+        "prompts (new) and of prior-suite prompts (prior).",
+        "",
+    ]
     if base is None:
         (out / "report.md").write_text("\n".join(lines + ["No unit has finished yet.", ""]))
         return
     lines += ["## Base model", "", "| | score |", "|---|---|"]
     lines += [f"| {t} | {_pct(s)} |" for t, s in base["prior"].items()]
-    lines += [f"| prior average | {_pct(base['prior_avg'])} (95% CI {_pct(base['prior_avg_ci'][0])}–"
-              f"{_pct(base['prior_avg_ci'][1])}) |"]
+    lines += [
+        f"| prior average | {_pct(base['prior_avg'])} (95% CI {_pct(base['prior_avg_ci'][0])}–"
+        f"{_pct(base['prior_avg_ci'][1])}) |"
+    ]
     lines += [f"| skill: {s} (eval) | {_pct(v)} |" for s, v in base["new_skill"].items()]
-    lines += ["", "## Teacher check (greedy, training items)", "",
-              "| skill | teacher mode | n | student | teacher | clearly better |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Teacher check (greedy, training items)",
+        "",
+        "| skill | teacher mode | n | student | teacher | clearly better |",
+        "|---|---|---|---|---|---|",
+    ]
     for skill, check in result["teacher_check"].items():
-        lines.append(f"| {skill} | {check['teacher_mode']} | {check['n']} | {_pct(check['student_score'])} | "
-                     f"{_pct(check['teacher_score'])} | {'yes' if check['teacher_clearly_better'] else 'NO'} |")
+        lines.append(
+            f"| {skill} | {check['teacher_mode']} | {check['n']} | {_pct(check['student_score'])} | "
+            f"{_pct(check['teacher_score'])} | {'yes' if check['teacher_clearly_better'] else 'NO'} |"
+        )
     if result["on_policy_check"]:
-        lines += ["", "## On-policy check (base model, the student's own samples; see sdft teacher-check)", "",
-                  "| skill | student samples right | reward AUC, loss tokens | reward AUC, all tokens | P(end) after a "
-                  "demonstration | verdict |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## On-policy check (base model, the student's own samples; see sdft teacher-check)",
+            "",
+            "| skill | student samples right | reward AUC, loss tokens | reward AUC, all tokens | P(end) after a "
+            "demonstration | verdict |",
+            "|---|---|---|---|---|---|",
+        ]
         for skill, check in result["on_policy_check"].items():
             auc, auc_all = check["reward_auc"], check["reward_auc_all_tokens"]
-            lines.append(f"| {skill} | {_pct(check['student_sample_score'])} | "
-                         f"{'-' if auc is None else f'{auc:.2f}'} | {'-' if auc_all is None else f'{auc_all:.2f}'} | "
-                         f"{check['teacher_stop_probability']:.2f} | {check['verdict']} |")
+            lines.append(
+                f"| {skill} | {_pct(check['student_sample_score'])} | "
+                f"{'-' if auc is None else f'{auc:.2f}'} | {'-' if auc_all is None else f'{auc_all:.2f}'} | "
+                f"{check['teacher_stop_probability']:.2f} | {check['verdict']} |"
+            )
     if result["runs"]:
-        lines += ["", "## Frontier points (each method at its validation-chosen rate, mean over seeds [95% t "
-                  "interval])", "",
-                  "| skill | method | lr | seeds | new skill | prior average | prior drop | KL new | KL prior |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Frontier points (each method at its validation-chosen rate, mean over seeds [95% t interval])",
+            "",
+            "| skill | method | lr | seeds | new skill | prior average | prior drop | KL new | KL prior |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in result["runs"]:
-            lines.append(f"| {r['skill']} | {r['method']} | {r['lr']:g} | {r['seeds']} | {_pct(r['new_skill_mean'])} "
-                         f"{_ci(r['new_skill_ci'])} | {_pct(r['prior_avg_mean'])} | {100 * r['prior_drop']:+.1f} | "
-                         f"{r['kl_new_skill_mean']:.4f} | {r['kl_prior_mean']:.4f} |")
+            lines.append(
+                f"| {r['skill']} | {r['method']} | {r['lr']:g} | {r['seeds']} | {_pct(r['new_skill_mean'])} "
+                f"{_ci(r['new_skill_ci'])} | {_pct(r['prior_avg_mean'])} | {100 * r['prior_drop']:+.1f} | "
+                f"{r['kl_new_skill_mean']:.4f} | {r['kl_prior_mean']:.4f} |"
+            )
     if result["targets"]:
         lines += ["", "## Target", ""] + [f"- {line}" for line in result["targets"]]
     for title, rows in (("Sweep (every model)", result["sweep"]), ("Ablations", result["ablations"])):
         if not rows:
             continue
-        lines += ["", f"## {title}", "",
-                  "| skill | method | lr | seed | settings | validation | new skill | Δ new skill | prior | Δ prior "
-                  "| KL new | KL prior | loops | words |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## {title}",
+            "",
+            "| skill | method | lr | seed | settings | validation | new skill | Δ new skill | prior | Δ prior "
+            "| KL new | KL prior | loops | words |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in rows:
             settings = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "defaults"
-            lines.append(f"| {r['skill']} | {r['method']} | {r['lr']:g} | {r['seed']} | {settings} | "
-                         f"{_pct(r['validation'])} | {_pct(r['new_skill'])} | {_ci(r['new_skill_delta_ci'])} | "
-                         f"{_pct(r['prior_avg'])} | {_ci(r['prior_delta_ci'])} | {r['kl_new_skill']:.4f} "
-                         f"{_ci(r['kl_new_skill_ci'], 1, 4)} | {r['kl_prior']:.4f} | {_pct(r['repetition_rate'])} | "
-                         f"{r['mean_words']:.1f} |")
+            lines.append(
+                f"| {r['skill']} | {r['method']} | {r['lr']:g} | {r['seed']} | {settings} | "
+                f"{_pct(r['validation'])} | {_pct(r['new_skill'])} | {_ci(r['new_skill_delta_ci'])} | "
+                f"{_pct(r['prior_avg'])} | {_ci(r['prior_delta_ci'])} | {r['kl_new_skill']:.4f} "
+                f"{_ci(r['kl_new_skill_ci'], 1, 4)} | {r['kl_prior']:.4f} | {_pct(r['repetition_rate'])} | "
+                f"{r['mean_words']:.1f} |"
+            )
     lines += chain_lines(result["sequential"])
     lines += ["", "![new skill vs prior average](pareto.png)", "", "![new skill vs KL to base](drift.png)", ""]
     (out / "report.md").write_text("\n".join(lines))
@@ -701,29 +950,42 @@ def chain_lines(rows: list[dict[str, Any]]) -> list[str]:
     chained = [r for r in rows if r["kind"] != "cross"]
     lines = ["", "## Sequential chain", ""]
     if cross:
-        lines += [f"The first link: each model of the sweep (seed 0) scored on {cross[0]['skill']}, the chain's next "
-                  "skill, greedy; loops = answers stuck in a repetition.", "",
-                  "| model | method | lr | score | loops | words |", "|---|---|---|---|---|---|"]
+        lines += [
+            f"The first link: each model of the sweep (seed 0) scored on {cross[0]['skill']}, the chain's next "
+            "skill, greedy; loops = answers stuck in a repetition.",
+            "",
+            "| model | method | lr | score | loops | words |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in sorted(cross, key=lambda r: (r["method"] or "", r["lr"] or 0)):
             lr = "-" if r["lr"] is None else f"{r['lr']:g}"
-            lines.append(f"| {r['parent']} | {r['method'] or '-'} | {lr} | {_pct(r['score'])} | "
-                         f"{_pct(r['repetition_rate'])} | {r['mean_words']:.1f} |")
+            lines.append(
+                f"| {r['parent']} | {r['method'] or '-'} | {lr} | {_pct(r['score'])} | "
+                f"{_pct(r['repetition_rate'])} | {r['mean_words']:.1f} |"
+            )
     if chained:
-        lines += ["", "The second link: SDFT on the next skill, from the first skill's SDFT model or from the base; "
-                  "Δ = model − base on the same items (paired 95% interval); ended = share of the student's own "
-                  "training samples that ended before the token budget (first / last quarter of training).", "",
-                  "| variant | from | settings | score | Δ | loops | words | first skill | prior | Δ prior "
-                  "| KL prior | ended |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "The second link: SDFT on the next skill, from the first skill's SDFT model or from the base; "
+            "Δ = model − base on the same items (paired 95% interval); ended = share of the student's own "
+            "training samples that ended before the token budget (first / last quarter of training).",
+            "",
+            "| variant | from | settings | score | Δ | loops | words | first skill | prior | Δ prior "
+            "| KL prior | ended |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for r in chained:
             settings = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "defaults"
             delta = _ci(r["score_delta_ci"]) if "score_delta_ci" in r else "-"
             train = r["train"]
             ended = f"{_pct(train.get('eos_fraction_first_quarter'))} / {_pct(train.get('eos_fraction_last_quarter'))}"
             variant = r["kind"].split(":", 1)[1]
-            lines.append(f"| {variant} | {r['parent']} | {settings} | {_pct(r['score'])} | {delta} | "
-                         f"{_pct(r['repetition_rate'])} | {r['mean_words']:.1f} | {r['first_skill']} "
-                         f"{_pct(r['first_skill_score'])} | {_pct(r['prior_avg'])} | {_ci(r['prior_delta_ci'])} | "
-                         f"{r['kl_prior']:.4f} | {ended} |")
+            lines.append(
+                f"| {variant} | {r['parent']} | {settings} | {_pct(r['score'])} | {delta} | "
+                f"{_pct(r['repetition_rate'])} | {r['mean_words']:.1f} | {r['first_skill']} "
+                f"{_pct(r['first_skill_score'])} | {_pct(r['prior_avg'])} | {_ci(r['prior_delta_ci'])} | "
+                f"{r['kl_prior']:.4f} | {ended} |"
+            )
     return lines
 
 
@@ -739,23 +1001,38 @@ def plot(result: dict[str, Any], out: Path) -> None:
     if not skills:
         return
     colors = {"sft": "tab:red", "dft": "tab:orange", "sdft": "tab:blue"}
-    for filename, key, label in (("pareto.png", "prior_avg", "prior-capability average %"),
-                                 ("drift.png", "kl_new_skill", "KL(base ‖ model) on the skill's prompts, nats/token")):
+    for filename, key, label in (
+        ("pareto.png", "prior_avg", "prior-capability average %"),
+        ("drift.png", "kl_new_skill", "KL(base ‖ model) on the skill's prompts, nats/token"),
+    ):
         fig, axes = plt.subplots(1, len(skills), figsize=(5.5 * len(skills), 4.2), squeeze=False)
         for ax, skill in zip(axes[0], skills):
             scale = 100.0 if key == "prior_avg" else 1.0
             base_y = result["base"]["prior_avg"] * 100 if key == "prior_avg" else 0.0
             ax.scatter([100 * result["base"]["new_skill"][skill]], [base_y], color="black", marker="s", label="base")
             for method, color in colors.items():
-                points = sorted((r for r in result["sweep"] if (r["skill"], r["method"], r["seed"]) ==
-                                 (skill, method, 0)), key=lambda r: r["lr"])
+                points = sorted(
+                    (r for r in result["sweep"] if (r["skill"], r["method"], r["seed"]) == (skill, method, 0)),
+                    key=lambda r: r["lr"],
+                )
                 if not points:
                     continue
-                ax.plot([100 * r["new_skill"] for r in points], [scale * r[key] for r in points], "-o", color=color,
-                        label=method.upper(), alpha=0.8)
+                ax.plot(
+                    [100 * r["new_skill"] for r in points],
+                    [scale * r[key] for r in points],
+                    "-o",
+                    color=color,
+                    label=method.upper(),
+                    alpha=0.8,
+                )
                 for r in points:
-                    ax.annotate(f"{r['lr']:g}", (100 * r["new_skill"], scale * r[key]), fontsize=7,
-                                textcoords="offset points", xytext=(3, 3))
+                    ax.annotate(
+                        f"{r['lr']:g}",
+                        (100 * r["new_skill"], scale * r[key]),
+                        fontsize=7,
+                        textcoords="offset points",
+                        xytext=(3, 3),
+                    )
                 for run in (r for r in result["runs"] if (r["skill"], r["method"]) == (skill, method)):
                     y = scale * (run["prior_avg_mean"] if key == "prior_avg" else run["kl_new_skill_mean"])
                     ax.scatter([100 * run["new_skill_mean"]], [y], color=color, marker="*", s=160, edgecolor="k")
@@ -775,9 +1052,13 @@ def commit_file(path: Path, message: str, attempts: int = 5) -> None:
     holds the lock."""
     for attempt in range(attempts):
         added = subprocess.run(["git", "add", "--", path.name], cwd=path.parent, capture_output=True, text=True)
-        done = added.returncode == 0 and subprocess.run(
-            ["git", "commit", "-q", "-m", message, "--", path.name], cwd=path.parent, capture_output=True,
-            text=True).returncode == 0
+        done = (
+            added.returncode == 0
+            and subprocess.run(
+                ["git", "commit", "-q", "-m", message, "--", path.name], cwd=path.parent, capture_output=True, text=True
+            ).returncode
+            == 0
+        )
         if done:
             return
         time.sleep(2 + 3 * attempt)
@@ -788,10 +1069,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, help="YAML of StudyConfig fields")
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "study")
-    parser.add_argument("--work", type=Path, default=ROOT / ".sdft" / "study",
-                        help="weights, checkpoints, predictions and the base samples' cache (not committed)")
-    parser.add_argument("--json", type=Path, default=ROOT / "reports" / "experiment.json",
-                        help="where the summary also goes, for tools (its shape is in this module's docstring)")
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=ROOT / ".sdft" / "study",
+        help="weights, checkpoints, predictions and the base samples' cache (not committed)",
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=ROOT / "reports" / "experiment.json",
+        help="where the summary also goes, for tools (its shape is in this module's docstring)",
+    )
     parser.add_argument("--report-only", action="store_true", help="summarize the finished units, train nothing")
     parser.add_argument("--commit", action="store_true", help="git-commit each unit as it lands")
     args = parser.parse_args()

@@ -1,11 +1,11 @@
 """`sdft-pipeline`: run a skill's whole chain on the local Dagster instance, and move the champion by hand.
 
-    sdft-pipeline run --skill science --config pipelines/configs/cpu.yaml
-    sdft-pipeline versions
-    sdft-pipeline status      # per skill: the champion that holds it, its data hash and scores
-    sdft-pipeline promote 3 --reason "checked by hand"
-    sdft-pipeline rollback
-    sdft-pipeline ui          # Dagster webserver + daemon and the MLflow UI on 127.0.0.1 (make ui)
+sdft-pipeline run --skill science --config pipelines/configs/cpu.yaml
+sdft-pipeline versions
+sdft-pipeline status      # per skill: the champion that holds it, its data hash and scores
+sdft-pipeline promote 3 --reason "checked by hand"
+sdft-pipeline rollback
+sdft-pipeline ui          # Dagster webserver + daemon and the MLflow UI on 127.0.0.1 (make ui)
 """
 
 from __future__ import annotations
@@ -31,17 +31,22 @@ def run(args: argparse.Namespace) -> int:
     definitions = load_definitions()
     skill_data = definitions.resources["skill_data"]
     if args.skill not in skill_data.skills():
-        print(f"error: no skill {args.skill!r} under {skill_data.root}/skills (found: "
-              f"{', '.join(skill_data.skills()) or 'none'}); run `make data` first", file=sys.stderr)
+        print(
+            f"error: no skill {args.skill!r} under {skill_data.root}/skills (found: "
+            f"{', '.join(skill_data.skills()) or 'none'}); run `make data` first",
+            file=sys.stderr,
+        )
         return 2
     run_config = (yaml.safe_load(args.config.read_text()) if args.config else None) or {}
     run_config.setdefault("loggers", {"console": {"config": {"log_level": args.log_level}}})
     registry = definitions.resources["registry"]
     trained = registry.champion_has(args.skill, skill_data.version(args.skill))
     if trained is not None and not args.force:
-        print(f"{args.skill} at its current data version ({skill_data.version(args.skill)}) is already in the "
-              f"champion: {registry.model_name}/{trained} was trained on it. Nothing to do; --force retrains it "
-              "from the champion.")
+        print(
+            f"{args.skill} at its current data version ({skill_data.version(args.skill)}) is already in the "
+            f"champion: {registry.model_name}/{trained} was trained on it. Nothing to do; --force retrains it "
+            "from the champion."
+        )
         _print_versions(registry)
         _print_uis(home, registry)
         return 0
@@ -50,12 +55,17 @@ def run(args: argparse.Namespace) -> int:
         instance.add_dynamic_partitions(skills.name, [args.skill])
     started = time.perf_counter()
     result = definitions.resolve_job_def("retrain_skill").execute_in_process(
-        partition_key=args.skill, instance=instance, run_config=run_config, raise_on_error=False)
+        partition_key=args.skill, instance=instance, run_config=run_config, raise_on_error=False
+    )
     minutes = (time.perf_counter() - started) / 60
-    metadata = {event.asset_key.to_user_string(): event.step_materialization_data.materialization.metadata
-                for event in result.get_asset_materialization_events()}
-    print(f"\nDagster run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'} in {minutes:.1f} min "
-          f"(instance {home})")
+    metadata = {
+        event.asset_key.to_user_string(): event.step_materialization_data.materialization.metadata
+        for event in result.get_asset_materialization_events()
+    }
+    print(
+        f"\nDagster run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'} in {minutes:.1f} min "
+        f"(instance {home})"
+    )
     if "benchmark_evaluation" in metadata:
         evaluation = metadata["benchmark_evaluation"]
         print(f"\nEvaluation ({args.skill}, candidate vs parent {evaluation['parent'].value}), points:")
@@ -67,8 +77,9 @@ def run(args: argparse.Namespace) -> int:
         print(registered["outcome"].value)
     print("\nChecks:")
     for check in result.get_asset_check_evaluations():
-        verdict = "passed" if check.passed else ("WARNING" if check.severity == dg.AssetCheckSeverity.WARN
-                                                 else "FAILED")
+        verdict = (
+            "passed" if check.passed else ("WARNING" if check.severity == dg.AssetCheckSeverity.WARN else "FAILED")
+        )
         print(f"  {check.asset_key.to_user_string()}.{check.check_name}: {verdict}: {check.description or ''}")
     _print_uis(home, registry)
     return 0 if result.success else 1
@@ -88,8 +99,10 @@ def _print_versions(registry) -> None:
         aliases = ",".join(sorted(client.get_model_version(registry.model_name, v.version).aliases))
         tags = v.tags
         scores = [f"{100 * float(tags[k]):.1f}" if k in tags else "" for k in ("eval.new_skill", "eval.prior_average")]
-        print(f"{v.version:>7}  {aliases:<20} {tags.get('skill', ''):<12} {tags.get('gate.passed', ''):<6} "
-              f"{scores[0]:>9} {scores[1]:>6}  {tags.get('parent', '')}")
+        print(
+            f"{v.version:>7}  {aliases:<20} {tags.get('skill', ''):<12} {tags.get('gate.passed', ''):<6} "
+            f"{scores[0]:>9} {scores[1]:>6}  {tags.get('parent', '')}"
+        )
 
 
 def status_rows(registry, skill_data) -> list[dict[str, str]]:
@@ -104,16 +117,31 @@ def status_rows(registry, skill_data) -> list[dict[str, str]]:
         if holder is None:
             latest = registry.latest_version_tags(skill)
             state = "not in champion" + (" (a candidate was registered)" if latest else "")
-            rows.append({"skill": skill, "version": "", "trained_on": "", "current_data": current,
-                         "new_skill": "", "prior_average": "", "state": state})
+            rows.append(
+                {
+                    "skill": skill,
+                    "version": "",
+                    "trained_on": "",
+                    "current_data": current,
+                    "new_skill": "",
+                    "prior_average": "",
+                    "state": state,
+                }
+            )
             continue
         tags = holder.tags
         trained_on = tags.get("dvc_skill_md5", "")
-        rows.append({"skill": skill, "version": f"{registry.model_name}/{holder.version}",
-                     "trained_on": trained_on, "current_data": current,
-                     "new_skill": _percent(tags.get("eval.new_skill")),
-                     "prior_average": _percent(tags.get("eval.prior_average")),
-                     "state": "up to date" if trained_on == current else "data changed: retrain"})
+        rows.append(
+            {
+                "skill": skill,
+                "version": f"{registry.model_name}/{holder.version}",
+                "trained_on": trained_on,
+                "current_data": current,
+                "new_skill": _percent(tags.get("eval.new_skill")),
+                "prior_average": _percent(tags.get("eval.prior_average")),
+                "state": "up to date" if trained_on == current else "data changed: retrain",
+            }
+        )
     return rows
 
 
@@ -123,15 +151,24 @@ def _percent(value: str | None) -> str:
 
 def print_status(registry, skill_data) -> None:
     champion = registry.version_by_alias("champion")
-    print(f"champion: {registry.model_name}/{champion.version}" if champion else
-          f"champion: none yet (skills train from base:{registry.base_model})")
+    print(
+        f"champion: {registry.model_name}/{champion.version}"
+        if champion
+        else f"champion: none yet (skills train from base:{registry.base_model})"
+    )
     rows = status_rows(registry, skill_data)
     if not rows:
         print(f"no skills under {skill_data.root}/skills and none in the registry")
         return
-    columns = {"skill": "skill", "version": "learned by", "trained_on": "data hash (trained)",
-               "current_data": "data hash (now)", "new_skill": "new skill", "prior_average": "prior avg",
-               "state": "state"}
+    columns = {
+        "skill": "skill",
+        "version": "learned by",
+        "trained_on": "data hash (trained)",
+        "current_data": "data hash (now)",
+        "new_skill": "new skill",
+        "prior_average": "prior avg",
+        "state": "state",
+    }
     widths = {k: max(len(title), *(len(r[k]) for r in rows)) for k, title in columns.items()}
     print("  ".join(title.ljust(widths[k]) for k, title in columns.items()).rstrip())
     for row in rows:
@@ -155,26 +192,36 @@ def registry_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sdft-pipeline", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="sdft-pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run_parser = commands.add_parser("run", help="materialize a skill's chain, data to registered model")
     run_parser.add_argument("--skill", default="science", help="a folder under data/skills (default science)")
     run_parser.add_argument("--config", type=Path, help="Dagster run config (YAML), e.g. pipelines/configs/cpu.yaml")
-    run_parser.add_argument("--force", action="store_true", help="train even when the champion already holds "
-                                                                  "this skill at this data version")
-    run_parser.add_argument("--log-level", default="INFO", help="Dagster's console log level (DEBUG shows every "
-                                                                "step event)")
+    run_parser.add_argument(
+        "--force",
+        action="store_true",
+        help="train even when the champion already holds this skill at this data version",
+    )
+    run_parser.add_argument(
+        "--log-level", default="INFO", help="Dagster's console log level (DEBUG shows every step event)"
+    )
     promote = commands.add_parser("promote", help="make a registered version the champion")
     promote.add_argument("version", type=int)
     promote.add_argument("--reason", default="manual promotion")
     rollback = commands.add_parser("rollback", help="give champion back to the version the champion replaced")
     rollback.add_argument("--reason", default="manual rollback")
     commands.add_parser("versions", help="list registered versions, aliases and gate results")
-    commands.add_parser("status", help="per skill: the champion version that learned it, its data hash against "
-                                       "the folder's, and its scores")
-    commands.add_parser("ui", add_help=False, help="the Dagster webserver and daemon and the MLflow UI on "
-                                                   "127.0.0.1; Ctrl-C stops them (options: ui --help)")
+    commands.add_parser(
+        "status",
+        help="per skill: the champion version that learned it, its data hash against the folder's, and its scores",
+    )
+    commands.add_parser(
+        "ui",
+        add_help=False,
+        help="the Dagster webserver and daemon and the MLflow UI on 127.0.0.1; Ctrl-C stops them (options: ui --help)",
+    )
     args, rest = parser.parse_known_args(argv)
     if args.command == "ui":
         from pipelines.ui import main as ui

@@ -24,6 +24,7 @@ def progress_log(log, label: str, every_s: float = 30.0, clock=time.monotonic) -
         if done == total or now - last[0] >= every_s:
             log.info(f"evaluating {label}: {task} {done}/{total}")
             last[0] = now
+
     return report
 
 
@@ -31,10 +32,12 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None
     if not rows:
         return "_(none)_"
     columns = list(columns or rows[0].keys())
+
     def cell(value: Any) -> str:
         text = f"{value:.4g}" if isinstance(value, float) else str(value)
         text = text.replace("|", "\\|").replace("\n", " ")
         return text if len(text) <= 160 else text[:157] + "..."
+
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows[:limit]]
     if len(rows) > limit:
@@ -80,8 +83,16 @@ def delta_plot(rows: Sequence[dict[str, Any]], title: str) -> bytes:
             colors = ["tab:green" if d >= 0 else "tab:red" for d in deltas]
         else:
             colors = ["tab:blue" if index == 0 else "tab:orange"] * len(rows)
-        axes.barh(positions + (index - (len(series) - 1) / 2) * height, deltas, height=height, xerr=[low, high],
-                  color=colors, alpha=0.8, capsize=3, label=name)
+        axes.barh(
+            positions + (index - (len(series) - 1) / 2) * height,
+            deltas,
+            height=height,
+            xerr=[low, high],
+            color=colors,
+            alpha=0.8,
+            capsize=3,
+            label=name,
+        )
     axes.set_yticks(positions, labels)
     axes.axvline(0, color="black", linewidth=0.8)
     axes.invert_yaxis()
@@ -97,8 +108,11 @@ def training_curve_plot(metrics: Sequence[dict[str, float]], title: str) -> byte
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(7, 3.5), dpi=100)
     steps = [m["step"] for m in metrics]
-    for key, label in (("loss", "loss"), ("divergence", "KL(teacher || student) per token"),
-                       ("cross_entropy", "cross-entropy per token")):
+    for key, label in (
+        ("loss", "loss"),
+        ("divergence", "KL(teacher || student) per token"),
+        ("cross_entropy", "cross-entropy per token"),
+    ):
         if metrics and key in metrics[0]:
             axes.plot(steps, [m[key] for m in metrics], marker="o" if len(steps) < 30 else None, label=label)
     axes.set_xlabel("optimizer step")
@@ -120,8 +134,14 @@ def skill_versus_prior_plot(points: dict[str, tuple[float, float]], title: str) 
         below = seen.get(place, 0)
         seen[place] = below + 1 + label.count("\n")
         axes.scatter([100 * prior], [100 * skill], s=60)
-        axes.annotate(label, (100 * prior, 100 * skill), textcoords="offset points", xytext=(6, 6 - 11 * below),
-                      fontsize=8, va="top" if below else "bottom")
+        axes.annotate(
+            label,
+            (100 * prior, 100 * skill),
+            textcoords="offset points",
+            xytext=(6, 6 - 11 * below),
+            fontsize=8,
+            va="top" if below else "bottom",
+        )
     axes.set_xlabel("prior-capability average (%)")
     axes.set_ylabel("new skill (%)")
     axes.grid(alpha=0.3)
@@ -135,15 +155,26 @@ def comparison_metadata(table: Comparison, labels: Mapping[str, str]) -> dict[st
     two tables in points (per benchmark, per model), sortable in the UI."""
     skill, prior = table.scores("new_skill"), table.scores("prior_average")
     metadata: dict[str, Any] = {
-        "new_skill_candidate": skill["candidate"], "new_skill_parent": skill["parent"],
-        "prior_average_candidate": prior["candidate"], "prior_average_parent": prior["parent"],
-        "new_skill_ci_low": table.new_skill_ci[0], "new_skill_ci_high": table.new_skill_ci[1],
-        "prior_average_ci_low": table.prior_average_ci[0], "prior_average_ci_high": table.prior_average_ci[1]}
+        "new_skill_candidate": skill["candidate"],
+        "new_skill_parent": skill["parent"],
+        "prior_average_candidate": prior["candidate"],
+        "prior_average_parent": prior["parent"],
+        "new_skill_ci_low": table.new_skill_ci[0],
+        "new_skill_ci_high": table.new_skill_ci[1],
+        "prior_average_ci_low": table.prior_average_ci[0],
+        "prior_average_ci_high": table.prior_average_ci[1],
+    }
     if "baseline" in skill:
         metadata |= {"new_skill_baseline": skill["baseline"], "prior_average_baseline": prior["baseline"]}
-    return metadata | {f"kl_to_base_{who}": d["mean"] for who, d in table.drift.items()} | {
-        "kl_to_base": dg.MetadataValue.json(table.drift), "models": table_metadata(table.model_table(labels)),
-        "deltas": table_metadata(table.benchmark_table())}
+    return (
+        metadata
+        | {f"kl_to_base_{who}": d["mean"] for who, d in table.drift.items()}
+        | {
+            "kl_to_base": dg.MetadataValue.json(table.drift),
+            "models": table_metadata(table.model_table(labels)),
+            "deltas": table_metadata(table.benchmark_table()),
+        }
+    )
 
 
 def table_metadata(rows: Sequence[dict[str, Any]]) -> dg.MetadataValue:

@@ -50,7 +50,7 @@ def log_flat_params(client, run_id: str, config: Mapping[str, Any]) -> None:
 
     params = [Param(name, str(value)[:MAX_PARAM_CHARS]) for name, value in _flatten(config).items()]
     for start in range(0, len(params), PARAMS_PER_REQUEST):
-        client.log_batch(run_id, params=params[start:start + PARAMS_PER_REQUEST])
+        client.log_batch(run_id, params=params[start : start + PARAMS_PER_REQUEST])
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -32,8 +32,11 @@ class SkillSnapshot:
 
     def lineage(self) -> dict[str, str]:
         """The tags that tie a result to its data and code (asset metadata, MLflow runs, registry versions)."""
-        return {"dvc_skill_md5": self.skill_md5, "dvc_data_md5": self.dataset_md5,
-                "git_commit": self.git_commit or "unknown"}
+        return {
+            "dvc_skill_md5": self.skill_md5,
+            "dvc_data_md5": self.dataset_md5,
+            "git_commit": self.git_commit or "unknown",
+        }
 
 
 @dataclass(frozen=True)

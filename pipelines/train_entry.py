@@ -64,10 +64,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     with open_dagster_pipes() as pipes:
         result: TrainResult = train(config, loaded.accepted, callbacks + [PipesProgress(pipes)], loaded.rejected)
-        pipes.report_asset_materialization(metadata={
-            "trained_steps": result.steps, "resumed_from_step": result.resumed_from or 0,
-            "records_refused_by_trainer": len(result.rejected),
-            **{f"final_{k}": float(v) for k, v in result.final_metrics.items() if k in ("loss", "grad_norm")}})
+        pipes.report_asset_materialization(
+            metadata={
+                "trained_steps": result.steps,
+                "resumed_from_step": result.resumed_from or 0,
+                "records_refused_by_trainer": len(result.rejected),
+                **{f"final_{k}": float(v) for k, v in result.final_metrics.items() if k in ("loss", "grad_norm")},
+            }
+        )
     return 0
 
 

@@ -38,11 +38,25 @@ def commands(home: Path, tracking_uri: str, dagster_port: int, mlflow_port: int)
     workspace.write_text(WORKSPACE.format(project=PROJECT))
     location = ["-w", str(workspace)]
     return {
-        "dagster-webserver": [str(bin_dir / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(dagster_port),
-                              *location],
+        "dagster-webserver": [
+            str(bin_dir / "dagster-webserver"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(dagster_port),
+            *location,
+        ],
         "dagster-daemon": [str(bin_dir / "dagster-daemon"), "run", *location],
-        "mlflow": [str(bin_dir / "mlflow"), "ui", "--backend-store-uri", tracking_uri, "--host", "127.0.0.1",
-                   "--port", str(mlflow_port)],
+        "mlflow": [
+            str(bin_dir / "mlflow"),
+            "ui",
+            "--backend-store-uri",
+            tracking_uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(mlflow_port),
+        ],
     }
 
 
@@ -102,8 +116,9 @@ def group_alive(pgid: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sdft-pipeline ui", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="sdft-pipeline ui", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--dagster-port", type=int, default=3000)
     parser.add_argument("--mlflow-port", type=int, default=5000)
     parser.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for both UIs to answer")
@@ -136,8 +151,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: {reason}", file=sys.stderr, flush=True)
                 return 1
             time.sleep(0.5)
-        print(f"\nDagster UI: {dagster_url}  (DAGSTER_HOME={home})\nMLflow UI:  {mlflow_url}  ({tracking_uri})\n"
-              "Ctrl-C stops both.", flush=True)
+        print(
+            f"\nDagster UI: {dagster_url}  (DAGSTER_HOME={home})\nMLflow UI:  {mlflow_url}  ({tracking_uri})\n"
+            "Ctrl-C stops both.",
+            flush=True,
+        )
         while True:
             exited = {name: p.returncode for name, p in processes.items() if p.poll() is not None}
             if exited:

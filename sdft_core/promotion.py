@@ -63,9 +63,17 @@ def _interval(low: float, high: float) -> str:
     return f"[{_points(low)}, {_points(high)}]"
 
 
-def promotion_gate(candidate_skill: float, parent_skill: float, candidate_prior: float, parent_prior: float,
-                   config: GateConfig, *, skill_ci: tuple[float, float], prior_ci: tuple[float, float],
-                   baseline: tuple[float, float] | None = None) -> GateDecision:
+def promotion_gate(
+    candidate_skill: float,
+    parent_skill: float,
+    candidate_prior: float,
+    parent_prior: float,
+    config: GateConfig,
+    *,
+    skill_ci: tuple[float, float],
+    prior_ci: tuple[float, float],
+    baseline: tuple[float, float] | None = None,
+) -> GateDecision:
     """Decide on candidate - parent's paired 95% intervals: `skill_ci` of the new skill's score, `prior_ci` of the
     prior-capability average (scores as fractions). `baseline`: the SFT baseline's (new skill, prior average)."""
     gain, change = candidate_skill - parent_skill, candidate_prior - parent_prior
@@ -73,36 +81,61 @@ def promotion_gate(candidate_skill: float, parent_skill: float, candidate_prior:
     prior_low, prior_high = (float(x) for x in prior_ci)
 
     learned = skill_low >= config.min_gain - _EPS  # False for NaN: an unmeasured gain is not shown
-    new_skill = (f"new skill {100 * candidate_skill:.1f} vs parent {100 * parent_skill:.1f}: "
-                 f"{_points(gain)} {_interval(skill_low, skill_high)}: the interval's lower bound must be >= "
-                 f"{_points(config.min_gain)}: {'ok' if learned else 'FAILED'}")
+    new_skill = (
+        f"new skill {100 * candidate_skill:.1f} vs parent {100 * parent_skill:.1f}: "
+        f"{_points(gain)} {_interval(skill_low, skill_high)}: the interval's lower bound must be >= "
+        f"{_points(config.min_gain)}: {'ok' if learned else 'FAILED'}"
+    )
 
     if math.isnan(change) or math.isnan(prior_high):
         kept = False
         prior = "prior average not measured (no prior tasks): FAILED"
     else:
         kept = change >= -config.max_regression - _EPS and prior_high >= -config.max_regression - _EPS
-        prior = (f"prior average {100 * candidate_prior:.1f} vs parent {100 * parent_prior:.1f}: {_points(change)} "
-                 f"{_interval(prior_low, prior_high)}: the point and the interval's upper bound must be >= "
-                 f"{_points(-config.max_regression)}: {'ok' if kept else 'FAILED'}")
+        prior = (
+            f"prior average {100 * candidate_prior:.1f} vs parent {100 * parent_prior:.1f}: {_points(change)} "
+            f"{_interval(prior_low, prior_high)}: the point and the interval's upper bound must be >= "
+            f"{_points(-config.max_regression)}: {'ok' if kept else 'FAILED'}"
+        )
     reasons = [new_skill, prior]
 
     dominated = None
     not_dominated = True
     if baseline is not None:
         dominated = dominates(baseline, (candidate_skill, candidate_prior))
-        points = (f"SFT baseline (new skill {100 * baseline[0]:.1f}, prior average {100 * baseline[1]:.1f}) vs "
-                  f"candidate (new skill {100 * candidate_skill:.1f}, prior average {100 * candidate_prior:.1f}): ")
+        points = (
+            f"SFT baseline (new skill {100 * baseline[0]:.1f}, prior average {100 * baseline[1]:.1f}) vs "
+            f"candidate (new skill {100 * candidate_skill:.1f}, prior average {100 * candidate_prior:.1f}): "
+        )
         if config.require_not_dominated_by_baseline:
             not_dominated = not dominated
-            reasons.append(points + ("the baseline dominates the candidate: FAILED" if dominated
-                                     else "the baseline does not dominate the candidate: ok"))
+            reasons.append(
+                points
+                + (
+                    "the baseline dominates the candidate: FAILED"
+                    if dominated
+                    else "the baseline does not dominate the candidate: ok"
+                )
+            )
         else:
-            reasons.append(points + ("the baseline dominates the candidate" if dominated
-                                     else "the baseline does not dominate the candidate")
-                           + " (not required: require_not_dominated_by_baseline is off)")
-    return GateDecision(learned and kept and not_dominated, gain, change, reasons, (skill_low, skill_high),
-                        (prior_low, prior_high), dominated)
+            reasons.append(
+                points
+                + (
+                    "the baseline dominates the candidate"
+                    if dominated
+                    else "the baseline does not dominate the candidate"
+                )
+                + " (not required: require_not_dominated_by_baseline is off)"
+            )
+    return GateDecision(
+        learned and kept and not_dominated,
+        gain,
+        change,
+        reasons,
+        (skill_low, skill_high),
+        (prior_low, prior_high),
+        dominated,
+    )
 
 
 @dataclass(frozen=True)
@@ -111,8 +144,9 @@ class ChampionOutcome:
     summary: str  # what became of the champion, and why
 
 
-def champion_outcome(decision: GateDecision, candidate: int, champion: int | None, parent: int | None,
-                     parent_label: str) -> ChampionOutcome:
+def champion_outcome(
+    decision: GateDecision, candidate: int, champion: int | None, parent: int | None, parent_label: str
+) -> ChampionOutcome:
     """What the gate's decision on registry version `candidate` does to the champion (`champion`: its version now,
     None without one; `parent`: the version the candidate was trained from, None for the base model).
 
@@ -124,6 +158,9 @@ def champion_outcome(decision: GateDecision, candidate: int, champion: int | Non
     if champion == candidate:
         return ChampionOutcome(False, f"already champion: {decision.summary()}")
     if champion != parent:
-        return ChampionOutcome(False, f"champion unchanged ({champion}): the candidate was trained from "
-                                      f"{parent_label}, not the current champion; retrain it from the champion")
+        return ChampionOutcome(
+            False,
+            f"champion unchanged ({champion}): the candidate was trained from "
+            f"{parent_label}, not the current champion; retrain it from the champion",
+        )
     return ChampionOutcome(True, f"promoted to champion (was {champion or 'none'}): {decision.summary()}")

@@ -31,8 +31,9 @@ def student_messages(record: Demonstration) -> list[dict[str, str]]:
     return record.messages
 
 
-def teacher_messages(record: Demonstration, config: PromptConfig, demonstration: str | None = None,
-                     context: str | None = None) -> list[dict[str, str]]:
+def teacher_messages(
+    record: Demonstration, config: PromptConfig, demonstration: str | None = None, context: str | None = None
+) -> list[dict[str, str]]:
     """The teacher's chat messages; `demonstration`/`context` override the record's (shortened) texts."""
     demonstration = record.demonstration if demonstration is None else demonstration
     if context is None:
@@ -41,16 +42,20 @@ def teacher_messages(record: Demonstration, config: PromptConfig, demonstration:
     question = messages[-1]["content"]
     if config.teacher_mode == "inline":
         template = config.teacher_template_with_context if context is not None else config.teacher_template
-        messages[-1] = {"role": "user", "content": template.format(
-            question=question, demonstration=demonstration, context=context)}
+        messages[-1] = {
+            "role": "user",
+            "content": template.format(question=question, demonstration=demonstration, context=context),
+        }
         return messages
     if config.teacher_mode == "prior_turn":
         first_turn = question
         if context is not None:
             first_turn = config.prior_turn_template_with_context.format(question=question, context=context)
-        return messages[:-1] + [{"role": "user", "content": first_turn},
-                                {"role": "assistant", "content": demonstration},
-                                {"role": "user", "content": question}]
+        return messages[:-1] + [
+            {"role": "user", "content": first_turn},
+            {"role": "assistant", "content": demonstration},
+            {"role": "user", "content": question},
+        ]
     raise ValueError(f"unknown teacher_mode {config.teacher_mode!r}")
 
 
@@ -70,7 +75,8 @@ def encode_student(record: Demonstration, tokenizer, config: PromptConfig) -> li
     if len(ids) > config.max_prompt_tokens:
         raise PromptTooLongError(
             f"record {record.id!r}: the student prompt has {len(ids)} tokens, more than "
-            f"max_prompt_tokens={config.max_prompt_tokens}; the question is never truncated")
+            f"max_prompt_tokens={config.max_prompt_tokens}; the question is never truncated"
+        )
     return ids
 
 
@@ -87,15 +93,18 @@ def encode_teacher(record: Demonstration, tokenizer, config: PromptConfig) -> tu
     piece_tokens = {name: tokenizer(text, add_special_tokens=False)["input_ids"] for name, text in pieces.items()}
 
     def encode_with_cap(cap: int) -> list[int]:
-        texts = {name: pieces[name] if len(tokens) <= cap else _shorten(tokenizer, tokens, cap)
-                 for name, tokens in piece_tokens.items()}
+        texts = {
+            name: pieces[name] if len(tokens) <= cap else _shorten(tokenizer, tokens, cap)
+            for name, tokens in piece_tokens.items()
+        }
         return encode_messages(tokenizer, teacher_messages(record, config, **texts))
 
     minimal = encode_with_cap(0)
     if len(minimal) > budget:
         raise PromptTooLongError(
             f"record {record.id!r}: the teacher prompt needs {len(minimal)} tokens for the question and template "
-            f"alone, more than max_teacher_prompt_tokens={budget}; the question is never truncated")
+            f"alone, more than max_teacher_prompt_tokens={budget}; the question is never truncated"
+        )
     # Largest per-piece token cap that fits: long pieces are cut to the cap, short ones stay whole.
     fits, too_long = 0, max(len(tokens) for tokens in piece_tokens.values())
     best = minimal
@@ -116,7 +125,7 @@ def _shorten(tokenizer, tokens: list[int], cap: int) -> str:
     head = (cap + 1) // 2
     tail = cap - head
     text = tokenizer.decode(tokens[:head]) + TRUNCATION_MARK
-    return text + tokenizer.decode(tokens[len(tokens) - tail:]) if tail else text
+    return text + tokenizer.decode(tokens[len(tokens) - tail :]) if tail else text
 
 
 def encode_record(record: Demonstration, tokenizer, config: PromptConfig) -> EncodedPrompts:
@@ -125,8 +134,9 @@ def encode_record(record: Demonstration, tokenizer, config: PromptConfig) -> Enc
     return EncodedPrompts(student, teacher, truncated)
 
 
-def teacher_context_rows(records: list[Demonstration], tokenizer,
-                         config: PromptConfig) -> tuple[list[dict], list[dict]]:
+def teacher_context_rows(
+    records: list[Demonstration], tokenizer, config: PromptConfig
+) -> tuple[list[dict], list[dict]]:
     """What the student and the teacher will read for each record, with token counts.
 
     Returns (rows, refused): a refused record's prompt does not fit its budget even with the demonstration cut.
@@ -140,8 +150,15 @@ def teacher_context_rows(records: list[Demonstration], tokenizer,
             refused.append({"id": record.id, "reason": str(err)})
             continue
         teacher_text = tokenizer.decode(encoded.teacher_ids)
-        rows.append({"id": record.id, "student_prompt": tokenizer.decode(encoded.student_ids),
-                     "teacher_prompt": teacher_text, "student_tokens": len(encoded.student_ids),
-                     "teacher_tokens": len(encoded.teacher_ids), "teacher_truncated": encoded.teacher_truncated,
-                     "question_kept": record.question.strip() in teacher_text})
+        rows.append(
+            {
+                "id": record.id,
+                "student_prompt": tokenizer.decode(encoded.student_ids),
+                "teacher_prompt": teacher_text,
+                "student_tokens": len(encoded.student_ids),
+                "teacher_tokens": len(encoded.teacher_ids),
+                "teacher_truncated": encoded.teacher_truncated,
+                "question_kept": record.question.strip() in teacher_text,
+            }
+        )
     return rows, refused

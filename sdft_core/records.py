@@ -42,9 +42,11 @@ class Demonstration:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[-1]["content"]
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"id": self.id,
-                               "prompt": self.prompt if isinstance(self.prompt, str) else list(self.prompt),
-                               "demonstration": self.demonstration}
+        out: dict[str, Any] = {
+            "id": self.id,
+            "prompt": self.prompt if isinstance(self.prompt, str) else list(self.prompt),
+            "demonstration": self.demonstration,
+        }
         if self.context is not None:
             out["context"] = self.context
         if self.system is not None:
@@ -75,8 +77,13 @@ class RejectedRecord:
 
     def to_dict(self) -> dict[str, Any]:
         raw = self.raw if isinstance(self.raw, (dict, str)) else repr(self.raw)
-        return {"source": self.source, "location": self.location, "field": self.field, "reason": self.reason,
-                "raw": raw}
+        return {
+            "source": self.source,
+            "location": self.location,
+            "field": self.field,
+            "reason": self.reason,
+            "raw": raw,
+        }
 
 
 @dataclass

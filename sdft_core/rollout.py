@@ -57,7 +57,7 @@ def uniform(row_keys: torch.Tensor, step: int) -> torch.Tensor:
     """One float64 number in (0, 1) per row, with 48 random bits, a pure function of (row key, step)."""
     high = mix32(row_keys ^ (step & _MASK32))
     low = mix32(high ^ 0x5BD1E995)
-    return (((high >> 8) << 24) + (low >> 8)).double().add(0.5).mul(2.0 ** -48)
+    return (((high >> 8) << 24) + (low >> 8)).double().add(0.5).mul(2.0**-48)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -73,8 +73,9 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
-def next_tokens(logits: torch.Tensor, row_keys: torch.Tensor, step: int, temperature: float,
-                top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+def next_tokens(
+    logits: torch.Tensor, row_keys: torch.Tensor, step: int, temperature: float, top_k: int = 0, top_p: float = 1.0
+) -> torch.Tensor:
     """Sample one token per row from softmax(logits / temperature); temperature 0 means greedy."""
     logits = logits.float()
     if temperature == 0:
@@ -107,9 +108,20 @@ def pad(sequences: list[list[int]], pad_id: int, side: str, device=None) -> tupl
     return ids.to(device), mask.to(device)
 
 
-def sample_completions(model: nn.Module, prompts: list[list[int]], row_keys: list[int], *, pad_token_id: int,
-                       eos_token_ids: list[int], max_new_tokens: int, temperature: float = 1.0, top_k: int = 0,
-                       top_p: float = 1.0, cuda_graphs: bool = True, trainable_prompt_pass: bool = False) -> Rollout:
+def sample_completions(
+    model: nn.Module,
+    prompts: list[list[int]],
+    row_keys: list[int],
+    *,
+    pad_token_id: int,
+    eos_token_ids: list[int],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    cuda_graphs: bool = True,
+    trainable_prompt_pass: bool = False,
+) -> Rollout:
     """Sample one completion per prompt with the KV cache on; stops once every row has emitted an EOS.
 
     `trainable_prompt_pass`: take the prompts' forward with gradients, in the model's current mode, and return it
@@ -129,17 +141,35 @@ def sample_completions(model: nn.Module, prompts: list[list[int]], row_keys: lis
         with torch.no_grad():
             if not trainable_prompt_pass:
                 prompt = prompt_pass(model, prompt_ids, prompt_mask)
-            completion_ids, completion_mask = _decode(model, prompt, row_keys, pad_token_id, eos_token_ids,
-                                                      max_new_tokens, temperature, top_k, top_p, cuda_graphs)
+            completion_ids, completion_mask = _decode(
+                model,
+                prompt,
+                row_keys,
+                pad_token_id,
+                eos_token_ids,
+                max_new_tokens,
+                temperature,
+                top_k,
+                top_p,
+                cuda_graphs,
+            )
     finally:
         model.train(was_training)
-    return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask,
-                   prompt if trainable_prompt_pass else None)
+    return Rollout(prompt_ids, prompt_mask, completion_ids, completion_mask, prompt if trainable_prompt_pass else None)
 
 
-def _decode(model: nn.Module, prompt: PromptPass, row_keys: list[int], pad_token_id: int, eos_token_ids: list[int],
-            max_new_tokens: int, temperature: float, top_k: int, top_p: float,
-            cuda_graphs: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _decode(
+    model: nn.Module,
+    prompt: PromptPass,
+    row_keys: list[int],
+    pad_token_id: int,
+    eos_token_ids: list[int],
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    cuda_graphs: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
     device, prompt_ids = prompt.prompt_ids.device, prompt.prompt_ids
     keys = torch.tensor(row_keys, dtype=torch.int64, device=device)
     eos = torch.tensor(eos_token_ids, dtype=torch.long, device=device)

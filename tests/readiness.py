@@ -14,8 +14,14 @@ from pathlib import Path
 HANG_GUARD_S = 1800.0
 
 
-def wait_until(ready: Callable[[], bool], alive: Callable[[], bool], what: str, log: Path | None = None,
-               poll_s: float = 0.5, hang_guard_s: float = HANG_GUARD_S) -> None:
+def wait_until(
+    ready: Callable[[], bool],
+    alive: Callable[[], bool],
+    what: str,
+    log: Path | None = None,
+    poll_s: float = 0.5,
+    hang_guard_s: float = HANG_GUARD_S,
+) -> None:
     """Poll `ready()` while `alive()`; raise with the log's tail if the process dies or hangs past the guard."""
     started = time.monotonic()
     while not ready():

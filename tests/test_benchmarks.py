@@ -24,8 +24,7 @@ def test_floor_counts_weights_read_per_decode_step_and_matrix_flops(bench):
     shape = {"body_parameters": 100e6, "head_parameters": 25e6, "compute_bytes": 4}
     hardware = {"bandwidth_gb_s": 25.0, "matmul_tflop_s": 0.1}
     prompts = {"student": 60, "teacher": 150}
-    floor = bench.floor_seconds(shape, batch=4, new_tokens=64, prompt_tokens=prompts, hardware=hardware,
-                                method="sdft")
+    floor = bench.floor_seconds(shape, batch=4, new_tokens=64, prompt_tokens=prompts, hardware=hardware, method="sdft")
     # 63 decode steps each read 125M float32 weights at 25 GB/s, after a prefill of 4 x 60 tokens
     assert floor["generation"] == pytest.approx((2 * 100e6 * 240 + 2 * 25e6 * 4) / 1e11 + 63 * 500e6 / 25e9)
     assert floor["teacher"] == pytest.approx((2 * 100e6 * 4 * 214 + 2 * 25e6 * 256) / 1e11)
@@ -55,14 +54,34 @@ def test_report_keeps_other_devices_rows_and_replaces_the_same_ones(bench, tmp_p
 @pytest.mark.parametrize("impl", ["ours_sdft", "ours_sft"])
 def test_a_short_run_of_ours_gives_a_complete_row(bench, tmp_path, impl):
     model = save_tiny_model(tmp_path / "tiny")
-    args = argparse.Namespace(model=str(model), tokenizer=str(model), batch=2, micro_batch=None, new_tokens=8,
-                              learning_rate=1e-4, steps=2, warmup=1, threads=0, work=str(tmp_path))
+    args = argparse.Namespace(
+        model=str(model),
+        tokenizer=str(model),
+        batch=2,
+        micro_batch=None,
+        new_tokens=8,
+        learning_rate=1e-4,
+        steps=2,
+        warmup=1,
+        threads=0,
+        work=str(tmp_path),
+    )
     result = bench.run_child(impl, args)
     assert len(result["step_seconds"]) == 2 and all(s > 0 for s in result["step_seconds"])
     assert result["completion_tokens"] == [8.0, 8.0]  # EOS does not stop generation; SFT targets are cut to 8
     row = bench.summarize(impl, [result, result], args)
     assert row["steps_measured"] == 4 and row["impl"] == impl and row["device"] == "cpu"
-    assert set(row) >= {"device", "model", "impl", "batch", "new_tokens", "s_per_step_median", "s_per_step_min",
-                        "s_per_step_max", "gen_tokens_per_s", "peak_mem_mb"}
+    assert set(row) >= {
+        "device",
+        "model",
+        "impl",
+        "batch",
+        "new_tokens",
+        "s_per_step_median",
+        "s_per_step_min",
+        "s_per_step_max",
+        "gen_tokens_per_s",
+        "peak_mem_mb",
+    }
     generation = row["phases_median_s"]["generation"]
     assert (generation > 0) == (impl == "ours_sdft") and (row["gen_tokens_per_s"] > 0) == (impl == "ours_sdft")

@@ -31,25 +31,38 @@ def make_tokenizer():
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=384, special_tokens=["<pad>", "<|im_start|>", "<|im_end|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=384,
+        special_tokens=["<pad>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     core.train_from_iterator(CORPUS * 20, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="<|im_end|>",
-                                        bos_token="<|im_start|>")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="<pad>", eos_token="<|im_end|>", bos_token="<|im_start|>"
+    )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
 
 
-def make_model(tokenizer, seed: int = 0, layers: int = 2, hidden: int = 32, tie: bool = True,
-               init_std: float = 0.02):
+def make_model(tokenizer, seed: int = 0, layers: int = 2, hidden: int = 32, tie: bool = True, init_std: float = 0.02):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden,
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=4096, tie_word_embeddings=tie,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                         bos_token_id=tokenizer.bos_token_id, initializer_range=init_std)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=tie,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        initializer_range=init_std,
+    )
     model = LlamaForCausalLM(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -66,5 +79,11 @@ def save_tiny_model(path: Path, seed: int = 0, **kwargs) -> Path:
 
 def toy_records(n: int = 8) -> list[dict]:
     topics = ["France", "the fox", "a wetland", "the triangle", "the dog", "the year", "the area", "Paris"]
-    return [{"id": f"r{i}", "prompt": f"What is {topics[i % len(topics)]}? ({i})",
-             "demonstration": f"So the answer is C. {topics[(i + 1) % len(topics)]}."} for i in range(n)]
+    return [
+        {
+            "id": f"r{i}",
+            "prompt": f"What is {topics[i % len(topics)]}? ({i})",
+            "demonstration": f"So the answer is C. {topics[(i + 1) % len(topics)]}.",
+        }
+        for i in range(n)
+    ]

@@ -38,15 +38,20 @@ PROJECT = Path(__file__).resolve().parents[2]
 TRAIN_ENTRY = PROJECT / "pipelines" / "train_entry.py"
 CurationRunConfig = config_class(CurationConfig)
 PromptRunConfig = pydantic.create_model(
-    "PromptRunConfig", __base__=config_class(PromptConfig), __module__=__name__,
+    "PromptRunConfig",
+    __base__=config_class(PromptConfig),
+    __module__=__name__,
     # training records the parent answers greedily with and without the demonstration (0: skip the check)
-    teacher_check_sample=(int, 16))
+    teacher_check_sample=(int, 16),
+)
 GateRunConfig = config_class(GateConfig)
 TrainRunConfig = pydantic.create_model(
-    "TrainRunConfig", __base__=config_class(TrainConfig, exclude=("model", "output_dir", "prompts")),
+    "TrainRunConfig",
+    __base__=config_class(TrainConfig, exclude=("model", "output_dir", "prompts")),
     __module__=__name__,
     # applied last, over the skill.yaml's own `training` overrides: {dotted TrainConfig field: value}
-    overrides=(dict[str, Any], {}))
+    overrides=(dict[str, Any], {}),
+)
 # each model's scores on its MLflow run (the candidate's), under these prefixes
 SCORE_PREFIXES = {"candidate": "eval", "parent": "parent_eval", "baseline": "baseline_eval", "base": "base_eval"}
 
@@ -75,21 +80,40 @@ def demonstrations(context: dg.AssetExecutionContext, skill_data: SkillData) -> 
     skill = context.partition_key
     folder = skill_data.folder(skill)
     manifest = dvc_dir_manifest(folder)  # each file read once, for the folder's hash and the file table
-    snapshot = SkillSnapshot(skill, str(folder), dvc_dir_md5(folder, manifest), skill_data.dataset_version(),
-                             git_commit(PROJECT))
-    files = [{"file": entry["relpath"], "md5": entry["md5"], "bytes": (folder / entry["relpath"]).stat().st_size}
-             for entry in manifest]
-    return dg.Output(snapshot, data_version=dg.DataVersion(snapshot.skill_md5), metadata={
-        **snapshot.lineage(), "folder": dg.MetadataValue.path(str(folder)),
-        "files": dg.MetadataValue.md(markdown_table(files))})
+    snapshot = SkillSnapshot(
+        skill, str(folder), dvc_dir_md5(folder, manifest), skill_data.dataset_version(), git_commit(PROJECT)
+    )
+    files = [
+        {"file": entry["relpath"], "md5": entry["md5"], "bytes": (folder / entry["relpath"]).stat().st_size}
+        for entry in manifest
+    ]
+    return dg.Output(
+        snapshot,
+        data_version=dg.DataVersion(snapshot.skill_md5),
+        metadata={
+            **snapshot.lineage(),
+            "folder": dg.MetadataValue.path(str(folder)),
+            "files": dg.MetadataValue.md(markdown_table(files)),
+        },
+    )
 
 
-@dg.asset(partitions_def=skills, group_name=SKILL_CHAIN, kinds={"pandas", "parquet"},
-          check_specs=[dg.AssetCheckSpec("rejected_share_within_limit", asset="curated_demonstrations",
-                                         blocking=True, description="no more than max_rejected_share of the rows "
-                                                                    "were rejected")])
-def curated_demonstrations(context: dg.AssetExecutionContext, config: CurationRunConfig,
-                           demonstrations: SkillSnapshot, skill_data: SkillData):
+@dg.asset(
+    partitions_def=skills,
+    group_name=SKILL_CHAIN,
+    kinds={"pandas", "parquet"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            "rejected_share_within_limit",
+            asset="curated_demonstrations",
+            blocking=True,
+            description="no more than max_rejected_share of the rows were rejected",
+        )
+    ],
+)
+def curated_demonstrations(
+    context: dg.AssetExecutionContext, config: CurationRunConfig, demonstrations: SkillSnapshot, skill_data: SkillData
+):
     """Valid, deduplicated, length-limited demonstrations and the eval split; rejected rows are quarantined."""
     snapshot, settings = demonstrations, to_dataclass(CurationConfig, config)
     result = curate_skill(snapshot.folder, settings)
@@ -98,33 +122,68 @@ def curated_demonstrations(context: dg.AssetExecutionContext, config: CurationRu
     quarantine = str(out / "rejected.parquet")
     rejected, counts, share = result.rejected_rows(), result.counts(), result.rejected_share()
     sample = [{"id": r.id, "question": r.question, "demonstration": r.demonstration} for r in result.train[:5]]
-    yield dg.Output(curated, metadata={
-        **snapshot.lineage(), **{f"rows_{k}": v for k, v in counts.items()}, "eval_source": result.eval_source,
-        "rejected_share": share, "quarantine": dg.MetadataValue.path(quarantine),
-        "sample": dg.MetadataValue.md(markdown_table(sample)),
-        "rejected_sample": dg.MetadataValue.md(markdown_table(rejected, ["location", "field", "category", "reason"],
-                                                              limit=10))})
+    yield dg.Output(
+        curated,
+        metadata={
+            **snapshot.lineage(),
+            **{f"rows_{k}": v for k, v in counts.items()},
+            "eval_source": result.eval_source,
+            "rejected_share": share,
+            "quarantine": dg.MetadataValue.path(quarantine),
+            "sample": dg.MetadataValue.md(markdown_table(sample)),
+            "rejected_sample": dg.MetadataValue.md(
+                markdown_table(rejected, ["location", "field", "category", "reason"], limit=10)
+            ),
+        },
+    )
     yield dg.AssetCheckResult(
-        check_name="rejected_share_within_limit", passed=share <= settings.max_rejected_share,
+        check_name="rejected_share_within_limit",
+        passed=share <= settings.max_rejected_share,
         description=f"{counts['rejected']} of {counts['read']} rows rejected ({100 * share:.1f}%, limit "
-                    f"{100 * settings.max_rejected_share:.0f}%); reasons in {quarantine}",
-        metadata={"rejected_share": share, "limit": settings.max_rejected_share,
-                  "first_rejections": dg.MetadataValue.md(markdown_table(
-                      rejected, ["location", "field", "reason"], limit=10))})
+        f"{100 * settings.max_rejected_share:.0f}%); reasons in {quarantine}",
+        metadata={
+            "rejected_share": share,
+            "limit": settings.max_rejected_share,
+            "first_rejections": dg.MetadataValue.md(
+                markdown_table(rejected, ["location", "field", "reason"], limit=10)
+            ),
+        },
+    )
 
 
-@dg.asset(partitions_def=skills, group_name=SKILL_CHAIN, kinds={"transformers"},
-          check_specs=[dg.AssetCheckSpec("teacher_prompts_keep_question", asset="teacher_contexts", blocking=True,
-                                         description="every teacher prompt still contains its question verbatim"),
-                       dg.AssetCheckSpec("teacher_beats_student", asset="teacher_contexts",
-                                         description="the parent answers better with the demonstration in its "
-                                                     "prompt (SDFT's in-context assumption); a warning only"),
-                       dg.AssetCheckSpec("teacher_signal_on_student_samples", asset="teacher_contexts",
-                                         description="on the student's own samples, SDFT's implicit reward ranks "
-                                                     "right answers above wrong ones on the loss tokens, and the "
-                                                     "teacher stops where a demonstration ends; a warning only")])
-def teacher_contexts(context: dg.AssetExecutionContext, config: PromptRunConfig, curated_demonstrations: CuratedSkill,
-                     skill_data: SkillData, registry: MlflowRegistry):
+@dg.asset(
+    partitions_def=skills,
+    group_name=SKILL_CHAIN,
+    kinds={"transformers"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            "teacher_prompts_keep_question",
+            asset="teacher_contexts",
+            blocking=True,
+            description="every teacher prompt still contains its question verbatim",
+        ),
+        dg.AssetCheckSpec(
+            "teacher_beats_student",
+            asset="teacher_contexts",
+            description="the parent answers better with the demonstration in its "
+            "prompt (SDFT's in-context assumption); a warning only",
+        ),
+        dg.AssetCheckSpec(
+            "teacher_signal_on_student_samples",
+            asset="teacher_contexts",
+            description="on the student's own samples, SDFT's implicit reward ranks "
+            "right answers above wrong ones on the loss tokens, and the "
+            "teacher stops where a demonstration ends; a warning only",
+        ),
+    ],
+)
+def teacher_contexts(
+    context: dg.AssetExecutionContext,
+    config: PromptRunConfig,
+    curated_demonstrations: CuratedSkill,
+    skill_data: SkillData,
+    registry: MlflowRegistry,
+):
     """Student and teacher prompts, as the parent model's tokenizer sees them; the parent is fixed here."""
     import pandas as pd
 
@@ -133,8 +192,9 @@ def teacher_contexts(context: dg.AssetExecutionContext, config: PromptRunConfig,
 
     curated, parent = curated_demonstrations, registry.parent()
     snapshot = curated.snapshot
-    skill_prompts = {k.removeprefix("prompts."): v for k, v in curated.spec.training.items()
-                     if k.startswith("prompts.")}
+    skill_prompts = {
+        k.removeprefix("prompts."): v for k, v in curated.spec.training.items() if k.startswith("prompts.")
+    }
     settings = config.model_dump()
     sample = settings.pop("teacher_check_sample")
     prompts = PromptConfig(**(settings | skill_prompts))
@@ -146,17 +206,35 @@ def teacher_contexts(context: dg.AssetExecutionContext, config: PromptRunConfig,
     frame.to_parquet(out / "contexts.parquet", index=False)
     write_jsonl(out / "refused.jsonl", refused)
     lost = [r["id"] for r in rows if not r["question_kept"]]
-    stats = {f"{who}_tokens_{stat}": float(getattr(frame[f"{who}_tokens"], stat)()) if rows else 0.0
-             for who in ("student", "teacher") for stat in ("mean", "max")}
-    yield dg.Output(TeacherContexts(curated, parent, prompts, str(out / "contexts.parquet")), metadata={
-        **snapshot.lineage(), "parent": parent.label, "teacher_mode": prompts.teacher_mode, "prompts": len(rows),
-        "refused_too_long": len(refused), "teacher_truncated": int(frame["teacher_truncated"].sum()) if rows else 0,
-        **stats, "contexts": dg.MetadataValue.path(str(out / "contexts.parquet")),
-        "example_teacher_prompt": dg.MetadataValue.md("```\n" + (rows[0]["teacher_prompt"] if rows else "") + "\n```")})
-    yield dg.AssetCheckResult(check_name="teacher_prompts_keep_question", passed=not lost,
-                              description=f"{len(lost)} teacher prompts lost their question" if lost else
-                              f"all {len(rows)} teacher prompts contain their question",
-                              metadata={"lost": dg.MetadataValue.json(lost[:50])})
+    stats = {
+        f"{who}_tokens_{stat}": float(getattr(frame[f"{who}_tokens"], stat)()) if rows else 0.0
+        for who in ("student", "teacher")
+        for stat in ("mean", "max")
+    }
+    yield dg.Output(
+        TeacherContexts(curated, parent, prompts, str(out / "contexts.parquet")),
+        metadata={
+            **snapshot.lineage(),
+            "parent": parent.label,
+            "teacher_mode": prompts.teacher_mode,
+            "prompts": len(rows),
+            "refused_too_long": len(refused),
+            "teacher_truncated": int(frame["teacher_truncated"].sum()) if rows else 0,
+            **stats,
+            "contexts": dg.MetadataValue.path(str(out / "contexts.parquet")),
+            "example_teacher_prompt": dg.MetadataValue.md(
+                "```\n" + (rows[0]["teacher_prompt"] if rows else "") + "\n```"
+            ),
+        },
+    )
+    yield dg.AssetCheckResult(
+        check_name="teacher_prompts_keep_question",
+        passed=not lost,
+        description=f"{len(lost)} teacher prompts lost their question"
+        if lost
+        else f"all {len(rows)} teacher prompts contain their question",
+        metadata={"lost": dg.MetadataValue.json(lost[:50])},
+    )
     yield from _teacher_checks(parent.model, tokenizer, curated, prompts, sample)
 
 
@@ -174,48 +252,94 @@ def _teacher_checks(model_spec: str, tokenizer, curated: CuratedSkill, prompts: 
     model, records = load_inference_model(model_spec), read_jsonl(curated.train_path)
     result = teacher_check(model, tokenizer, records, spec.scorer, prompts, spec.max_new_tokens, sample)
     yield dg.AssetCheckResult(
-        check_name="teacher_beats_student", passed=result["teacher_clearly_better"],
+        check_name="teacher_beats_student",
+        passed=result["teacher_clearly_better"],
         severity=dg.AssetCheckSeverity.WARN,
         description=f"with the demonstration {100 * result['teacher_score']:.0f}%, without "
-                    f"{100 * result['student_score']:.0f}% on {result['n']} training records"
-                    + ("" if result["teacher_clearly_better"] else
-                       "; SDFT needs a clearly better teacher (try prompts.teacher_mode: prior_turn, or SFT)"),
-        metadata={"teacher_score": result["teacher_score"], "student_score": result["student_score"],
-                  "gain": result["gain"], "min_gain": result["min_gain"], "teacher_mode": prompts.teacher_mode})
+        f"{100 * result['student_score']:.0f}% on {result['n']} training records"
+        + (
+            ""
+            if result["teacher_clearly_better"]
+            else "; SDFT needs a clearly better teacher (try prompts.teacher_mode: prior_turn, or SFT)"
+        ),
+        metadata={
+            "teacher_score": result["teacher_score"],
+            "student_score": result["student_score"],
+            "gain": result["gain"],
+            "min_gain": result["min_gain"],
+            "teacher_mode": prompts.teacher_mode,
+        },
+    )
     # The loss mask of the skill's training overrides (else the paper's 3 tokens): the signal must be where the loss is.
     skip = int(spec.training.get("loss.skip_first_tokens", LossConfig().skip_first_tokens))
-    check = on_policy_check(model, tokenizer, records, spec.scorer, prompts, spec.max_new_tokens, sample,
-                            samples_per_prompt=4, skip_first_tokens=skip)
+    check = on_policy_check(
+        model,
+        tokenizer,
+        records,
+        spec.scorer,
+        prompts,
+        spec.max_new_tokens,
+        sample,
+        samples_per_prompt=4,
+        skip_first_tokens=skip,
+    )
     clean = check["verdict"].startswith("signal") and ";" not in check["verdict"]
     yield dg.AssetCheckResult(
-        check_name="teacher_signal_on_student_samples", passed=clean, severity=dg.AssetCheckSeverity.WARN,
+        check_name="teacher_signal_on_student_samples",
+        passed=clean,
+        severity=dg.AssetCheckSeverity.WARN,
         description=check["verdict"],
-        metadata={k: check[k] for k in ("reward_auc", "reward_auc_all_tokens", "student_sample_score", "coverage",
-                                        "informative_prompts", "teacher_stop_probability", "skip_first_tokens")
-                  if check[k] is not None})
+        metadata={
+            k: check[k]
+            for k in (
+                "reward_auc",
+                "reward_auc_all_tokens",
+                "student_sample_score",
+                "coverage",
+                "informative_prompts",
+                "teacher_stop_probability",
+                "skip_first_tokens",
+            )
+            if check[k] is not None
+        },
+    )
 
 
 @dg.asset(partitions_def=skills, group_name=SKILL_CHAIN, kinds={"pytorch", "accelerate", "mlflow"})
-def sdft_model(context: dg.AssetExecutionContext, config: TrainRunConfig, teacher_contexts: TeacherContexts,
-               skill_data: SkillData, registry: MlflowRegistry, compute: Compute,
-               pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.Output[TrainedModel]:
+def sdft_model(
+    context: dg.AssetExecutionContext,
+    config: TrainRunConfig,
+    teacher_contexts: TeacherContexts,
+    skill_data: SkillData,
+    registry: MlflowRegistry,
+    compute: Compute,
+    pipes_subprocess_client: dg.PipesSubprocessClient,
+) -> dg.Output[TrainedModel]:
     """SDFT from the parent (the champion, or the base model), in `accelerate launch`; a rerun resumes."""
     contexts = teacher_contexts
     settings = config.model_dump()
     overrides = settings.pop("overrides")
-    train_config = TrainConfig.from_dict(settings | {"model": contexts.parent.model, "output_dir": "",
-                                                     "prompts": dataclasses.asdict(contexts.prompts)})
+    train_config = TrainConfig.from_dict(
+        settings | {"model": contexts.parent.model, "output_dir": "", "prompts": dataclasses.asdict(contexts.prompts)}
+    )
     skill_training = {k: v for k, v in contexts.curated.spec.training.items() if not k.startswith("prompts.")}
     train_config = with_overrides(with_overrides(train_config, skill_training), overrides)
-    trained, metadata = _train(context, contexts, train_config, "candidate", skill_data, registry, compute,
-                               pipes_subprocess_client)
+    trained, metadata = _train(
+        context, contexts, train_config, "candidate", skill_data, registry, compute, pipes_subprocess_client
+    )
     return dg.Output(trained, metadata={**contexts.snapshot.lineage(), **metadata})
 
 
 @dg.asset(partitions_def=skills, group_name=SKILL_CHAIN, kinds={"pytorch", "accelerate", "mlflow"})
-def sft_baseline(context: dg.AssetExecutionContext, config: BaselineRunConfig, sdft_model: TrainedModel,
-                 skill_data: SkillData, registry: MlflowRegistry, compute: Compute,
-                 pipes_subprocess_client: dg.PipesSubprocessClient) -> dg.Output[TrainedModel | None]:
+def sft_baseline(
+    context: dg.AssetExecutionContext,
+    config: BaselineRunConfig,
+    sdft_model: TrainedModel,
+    skill_data: SkillData,
+    registry: MlflowRegistry,
+    compute: Compute,
+    pipes_subprocess_client: dg.PipesSubprocessClient,
+) -> dg.Output[TrainedModel | None]:
     """SFT on the same curated data, from the same parent, with the same budget as `sdft_model` (its training config,
     method sft): the baseline every candidate is compared with. Its own run folder and MLflow run (role=baseline);
     never registered. It reads sdft_model's config rather than a copy of its run config, so the budgets match."""
@@ -228,14 +352,22 @@ def sft_baseline(context: dg.AssetExecutionContext, config: BaselineRunConfig, s
         context.log.info("sdft_model itself trained with method sft: no separate baseline")
         return dg.Output(None, metadata={**lineage, "enabled": False, "reason": "sdft_model trains with method sft"})
     train_config = TrainConfig.from_dict(candidate.train_config.to_dict() | {"method": "sft", "output_dir": ""})
-    baseline, metadata = _train(context, candidate.contexts, train_config, "baseline", skill_data, registry, compute,
-                                pipes_subprocess_client)
+    baseline, metadata = _train(
+        context, candidate.contexts, train_config, "baseline", skill_data, registry, compute, pipes_subprocess_client
+    )
     return dg.Output(baseline, metadata={**lineage, "enabled": True, **metadata, "sdft_run_id": candidate.run_id})
 
 
-def _train(context: dg.AssetExecutionContext, contexts: TeacherContexts, train_config: TrainConfig, role: str,
-           skill_data: SkillData, registry: MlflowRegistry, compute: Compute,
-           pipes_subprocess_client: dg.PipesSubprocessClient) -> tuple[TrainedModel, dict]:
+def _train(
+    context: dg.AssetExecutionContext,
+    contexts: TeacherContexts,
+    train_config: TrainConfig,
+    role: str,
+    skill_data: SkillData,
+    registry: MlflowRegistry,
+    compute: Compute,
+    pipes_subprocess_client: dg.PipesSubprocessClient,
+) -> tuple[TrainedModel, dict]:
     """Train `train_config` on the skill's curated data in `accelerate launch` (through Pipes), in the run folder and
     MLflow run of its run key (a rerun resumes or reuses them); returns the trained model and its metadata."""
     snapshot, parent = contexts.snapshot, contexts.parent
@@ -244,11 +376,20 @@ def _train(context: dg.AssetExecutionContext, contexts: TeacherContexts, train_c
     train_config = dataclasses.replace(train_config, output_dir=str(run_dir))
     (run_dir / "train_config.json").write_text(json.dumps(train_config.to_dict(), indent=2))
 
-    tags = {"skill": snapshot.skill, **snapshot.lineage(), "parent": parent.label, "role": role,
-            "method": train_config.method, "dagster.run_id": context.run.run_id,
-            "dagster.partition": context.partition_key}
-    name = f"{snapshot.skill}-{run_key[:8]}" if role == "candidate" else \
-        f"{snapshot.skill}-{train_config.method}-{role}-{run_key[:8]}"
+    tags = {
+        "skill": snapshot.skill,
+        **snapshot.lineage(),
+        "parent": parent.label,
+        "role": role,
+        "method": train_config.method,
+        "dagster.run_id": context.run.run_id,
+        "dagster.partition": context.partition_key,
+    }
+    name = (
+        f"{snapshot.skill}-{run_key[:8]}"
+        if role == "candidate"
+        else f"{snapshot.skill}-{train_config.method}-{role}-{run_key[:8]}"
+    )
     run_id = registry.run_for_key(run_key, tags, run_name=name)
     client = registry.client()
     if not client.get_run(run_id).data.params:
@@ -258,11 +399,21 @@ def _train(context: dg.AssetExecutionContext, contexts: TeacherContexts, train_c
     if (model_dir / "model.safetensors").exists():
         context.log.info("%s already trained (run key %s); reusing it", model_dir, run_key)
     else:
-        command = compute.launch_command(TRAIN_ENTRY, ["--config", str(run_dir / "train_config.json"), "--data",
-                                                       contexts.curated.train_path, "--mlflow-run-id", run_id])
+        command = compute.launch_command(
+            TRAIN_ENTRY,
+            [
+                "--config",
+                str(run_dir / "train_config.json"),
+                "--data",
+                contexts.curated.train_path,
+                "--mlflow-run-id",
+                run_id,
+            ],
+        )
         try:
-            invocation = pipes_subprocess_client.run(command=command, context=context,
-                                                     env={"MLFLOW_TRACKING_URI": registry.tracking_uri})
+            invocation = pipes_subprocess_client.run(
+                command=command, context=context, env={"MLFLOW_TRACKING_URI": registry.tracking_uri}
+            )
         except Exception:
             client.set_terminated(run_id, status="FAILED")
             raise
@@ -281,15 +432,27 @@ def _train(context: dg.AssetExecutionContext, contexts: TeacherContexts, train_c
     final = history[-1] if history else {}
     trained = TrainedModel(contexts, role, train_config, run_key, run_id, str(model_dir), source)
     return trained, {
-        **metadata, "mlflow_run_id": run_id, "parent": parent.label, "method": train_config.method,
-        "run_dir": dg.MetadataValue.path(str(run_dir)), "model_source": source, "steps": int(final.get("step", 0)),
-        "final_loss": float(final.get("loss", float("nan"))), "config": dg.MetadataValue.json(train_config.to_dict())}
+        **metadata,
+        "mlflow_run_id": run_id,
+        "parent": parent.label,
+        "method": train_config.method,
+        "run_dir": dg.MetadataValue.path(str(run_dir)),
+        "model_source": source,
+        "steps": int(final.get("step", 0)),
+        "final_loss": float(final.get("loss", float("nan"))),
+        "config": dg.MetadataValue.json(train_config.to_dict()),
+    }
 
 
 @dg.asset(partitions_def=skills, group_name=SKILL_CHAIN, kinds={"pytorch", "mlflow"})
-def benchmark_evaluation(context: dg.AssetExecutionContext, config: EvaluationRunConfig, sdft_model: TrainedModel,
-                         sft_baseline: TrainedModel | None, skill_data: SkillData,
-                         registry: MlflowRegistry) -> dg.Output[Evaluation]:
+def benchmark_evaluation(
+    context: dg.AssetExecutionContext,
+    config: EvaluationRunConfig,
+    sdft_model: TrainedModel,
+    sft_baseline: TrainedModel | None,
+    skill_data: SkillData,
+    registry: MlflowRegistry,
+) -> dg.Output[Evaluation]:
     """The candidate, its parent, the base model and the SFT baseline (when trained) on the skill's eval split and
     the prior-capability suite, side by side, each with its drift KL(base || model) on the skill's eval prompts."""
     from sdft_core.evaluation.comparison import build_comparison, drift_on_prompts, evaluate_models, model_labels
@@ -300,8 +463,10 @@ def benchmark_evaluation(context: dg.AssetExecutionContext, config: EvaluationRu
     skill, spec = curated.snapshot.skill, curated.spec
     eval_records = subsample(read_jsonl(curated.eval_path), config.skill_limit, seed=1234)
     if not eval_records:
-        raise ValueError(f"skill {skill!r} has no eval rows ({curated.eval_path}): add eval.jsonl or raise "
-                         "eval_fraction in the curation config")
+        raise ValueError(
+            f"skill {skill!r} has no eval rows ({curated.eval_path}): add eval.jsonl or raise "
+            "eval_fraction in the curation config"
+        )
     # who -> (model spec, label); the base model's own scores only when it is not the parent (for the picture)
     models = {"parent": (parent.model, parent.label), "candidate": (candidate.model_dir, f"run:{candidate.run_id}")}
     if baseline is not None:
@@ -313,14 +478,28 @@ def benchmark_evaluation(context: dg.AssetExecutionContext, config: EvaluationRu
     # do not change the scores)
     plan = (file_md5(curated.eval_path), config.model_dump(exclude={"drift_items"}))
     folders = {who: skill_data.work("evals", content_key(label, plan)) for who, (_, label) in models.items()}
-    results = evaluate_models(specs, {skill: (eval_records, spec.scorer, spec.max_new_tokens)},
-                              {task: config.prior_limit for task in config.prior_tasks}, folders,
-                              benchmarks_dir=skill_data.benchmarks_dir(), batch_size=config.batch_size,
-                              progress=lambda who: progress_log(context.log, who))
-    drift = drift_on_prompts(registry.base_model, specs, eval_records[:config.drift_items], folders,
-                             skill_data.work(skill, curated.snapshot.skill_md5[:12], "drift"),
-                             max_new_tokens=spec.max_new_tokens, batch_size=config.batch_size) \
-        if config.drift_items > 0 else {}
+    results = evaluate_models(
+        specs,
+        {skill: (eval_records, spec.scorer, spec.max_new_tokens)},
+        {task: config.prior_limit for task in config.prior_tasks},
+        folders,
+        benchmarks_dir=skill_data.benchmarks_dir(),
+        batch_size=config.batch_size,
+        progress=lambda who: progress_log(context.log, who),
+    )
+    drift = (
+        drift_on_prompts(
+            registry.base_model,
+            specs,
+            eval_records[: config.drift_items],
+            folders,
+            skill_data.work(skill, curated.snapshot.skill_md5[:12], "drift"),
+            max_new_tokens=spec.max_new_tokens,
+            batch_size=config.batch_size,
+        )
+        if config.drift_items > 0
+        else {}
+    )
     table = build_comparison(results, skill, config.prior_tasks, drift)
 
     out_dir = skill_data.work(skill, "runs", candidate.run_key, "evaluation")
@@ -332,67 +511,108 @@ def benchmark_evaluation(context: dg.AssetExecutionContext, config: EvaluationRu
     (out_dir / "comparison.json").write_text(json.dumps(table.to_dict(), indent=2))
 
     client = registry.client()
-    metrics = [metric for who, prefix in SCORE_PREFIXES.items() if who in results
-               for metric in _score_metrics(results[who], prefix)]
-    client.log_batch(candidate.run_id, metrics=metrics + metric_batch(
-        {f"kl_to_base/{who}": d["mean"] for who, d in drift.items()}))
+    metrics = [
+        metric
+        for who, prefix in SCORE_PREFIXES.items()
+        if who in results
+        for metric in _score_metrics(results[who], prefix)
+    ]
+    client.log_batch(
+        candidate.run_id, metrics=metrics + metric_batch({f"kl_to_base/{who}": d["mean"] for who, d in drift.items()})
+    )
     client.log_artifacts(candidate.run_id, str(out_dir), "evaluation")
     if baseline is not None:  # the baseline's own run gets its scores and drift too
-        client.log_batch(baseline.run_id, metrics=_score_metrics(results["baseline"], "eval") + metric_batch(
-            {"kl_to_base": drift["baseline"]["mean"]} if "baseline" in drift else {}))
+        client.log_batch(
+            baseline.run_id,
+            metrics=_score_metrics(results["baseline"], "eval")
+            + metric_batch({"kl_to_base": drift["baseline"]["mean"]} if "baseline" in drift else {}),
+        )
 
     evaluation = Evaluation(candidate, baseline, table, str(out_dir / "comparison.json"))
-    return dg.Output(evaluation, metadata={
-        **curated.snapshot.lineage(), "mlflow_run_id": candidate.run_id, "parent": parent.label,
-        **comparison_metadata(table, labels),
-        **({"baseline_run_id": baseline.run_id} if baseline is not None else {}),
-        "plot": png_markdown(deltas, "per-benchmark deltas"),
-        "skill_vs_prior": png_markdown(picture, "new skill against prior-capability average"),
-        "comparison": dg.MetadataValue.path(evaluation.comparison_path)})
+    return dg.Output(
+        evaluation,
+        metadata={
+            **curated.snapshot.lineage(),
+            "mlflow_run_id": candidate.run_id,
+            "parent": parent.label,
+            **comparison_metadata(table, labels),
+            **({"baseline_run_id": baseline.run_id} if baseline is not None else {}),
+            "plot": png_markdown(deltas, "per-benchmark deltas"),
+            "skill_vs_prior": png_markdown(picture, "new skill against prior-capability average"),
+            "comparison": dg.MetadataValue.path(evaluation.comparison_path),
+        },
+    )
 
 
 @dg.asset(partitions_def=skills, group_name=SKILL_CHAIN, kinds={"mlflow"})
-def registered_model(context: dg.AssetExecutionContext, config: GateRunConfig, benchmark_evaluation: Evaluation,
-                     registry: MlflowRegistry) -> dg.MaterializeResult:
+def registered_model(
+    context: dg.AssetExecutionContext, config: GateRunConfig, benchmark_evaluation: Evaluation, registry: MlflowRegistry
+) -> dg.MaterializeResult:
     """A registry version per SDFT training run (`candidate`), promoted to `champion` only through the gate; the
     SFT baseline is compared in the gate (when configured) but never registered."""
     evaluation = benchmark_evaluation
-    candidate, table, snapshot, parent = (evaluation.candidate, evaluation.comparison, evaluation.snapshot,
-                                          evaluation.candidate.parent)
+    candidate, table, snapshot, parent = (
+        evaluation.candidate,
+        evaluation.comparison,
+        evaluation.snapshot,
+        evaluation.candidate.parent,
+    )
     decision = promotion_gate(**table.gate_inputs(), config=to_dataclass(GateConfig, config))
-    tags = {"skill": snapshot.skill, **snapshot.lineage(), "parent_version": str(parent.version or ""),
-            "parent": parent.label, "mlflow_run_id": candidate.run_id,
-            "train_config": tags_json(candidate.train_config.to_dict()), "dagster.run_id": context.run.run_id}
+    tags = {
+        "skill": snapshot.skill,
+        **snapshot.lineage(),
+        "parent_version": str(parent.version or ""),
+        "parent": parent.label,
+        "mlflow_run_id": candidate.run_id,
+        "train_config": tags_json(candidate.train_config.to_dict()),
+        "dagster.run_id": context.run.run_id,
+    }
     version = registry.register(candidate.run_id, candidate.model_source, tags)
     number = int(version.version)
     registry.set_alias("candidate", number)
     client = registry.client()
     new_skill, prior = table.scores("new_skill"), table.scores("prior_average")
-    version_tags = {"gate.passed": str(decision.passed).lower(), "gate.reasons": decision.summary(),
-                    "eval.new_skill": f"{new_skill['candidate']:.4f}",
-                    "eval.prior_average": f"{prior['candidate']:.4f}",
-                    "eval.new_skill_ci": json.dumps([round(x, 4) for x in table.new_skill_ci]),
-                    "eval.prior_average_ci": json.dumps([round(x, 4) for x in table.prior_average_ci])}
+    version_tags = {
+        "gate.passed": str(decision.passed).lower(),
+        "gate.reasons": decision.summary(),
+        "eval.new_skill": f"{new_skill['candidate']:.4f}",
+        "eval.prior_average": f"{prior['candidate']:.4f}",
+        "eval.new_skill_ci": json.dumps([round(x, 4) for x in table.new_skill_ci]),
+        "eval.prior_average_ci": json.dumps([round(x, 4) for x in table.prior_average_ci]),
+    }
     if evaluation.baseline is not None:
-        version_tags |= {"baseline.mlflow_run_id": evaluation.baseline.run_id,
-                         "baseline.new_skill": f"{new_skill['baseline']:.4f}",
-                         "baseline.prior_average": f"{prior['baseline']:.4f}"}
+        version_tags |= {
+            "baseline.mlflow_run_id": evaluation.baseline.run_id,
+            "baseline.new_skill": f"{new_skill['baseline']:.4f}",
+            "baseline.prior_average": f"{prior['baseline']:.4f}",
+        }
     for key, tag in version_tags.items():
         client.set_model_version_tag(registry.model_name, str(number), key, tag)
 
     champion = registry.version_by_alias("champion")
-    outcome = champion_outcome(decision, number, int(champion.version) if champion else None, parent.version,
-                               parent.label)
+    outcome = champion_outcome(
+        decision, number, int(champion.version) if champion else None, parent.version, parent.label
+    )
     if outcome.promote:
         registry.promote(number, decision.summary())
     context.log.info(outcome.summary)
     champion = registry.version_by_alias("champion")
-    return dg.MaterializeResult(metadata={
-        **snapshot.lineage(), "model_version": number, "model_uri": f"models:/{registry.model_name}/{number}",
-        "mlflow_run_id": candidate.run_id, "parent": parent.label, "gate_passed": decision.passed,
-        "gate": dg.MetadataValue.md("\n".join(f"- {r}" for r in decision.reasons)), "outcome": outcome.summary,
-        "champion": int(champion.version) if champion else 0,
-        "aliases": dg.MetadataValue.json(sorted(client.get_model_version(registry.model_name, str(number)).aliases))})
+    return dg.MaterializeResult(
+        metadata={
+            **snapshot.lineage(),
+            "model_version": number,
+            "model_uri": f"models:/{registry.model_name}/{number}",
+            "mlflow_run_id": candidate.run_id,
+            "parent": parent.label,
+            "gate_passed": decision.passed,
+            "gate": dg.MetadataValue.md("\n".join(f"- {r}" for r in decision.reasons)),
+            "outcome": outcome.summary,
+            "champion": int(champion.version) if champion else 0,
+            "aliases": dg.MetadataValue.json(
+                sorted(client.get_model_version(registry.model_name, str(number)).aliases)
+            ),
+        }
+    )
 
 
 def _all_metrics(path: Path) -> list[dict[str, float]]:

@@ -11,8 +11,10 @@ from pipelines.partitions import SKILL_CHAIN, skills
 DATA_VERSION_TAG = "sdft/skill_md5"
 
 retrain_skill = dg.define_asset_job(
-    "retrain_skill", selection=dg.AssetSelection.groups(SKILL_CHAIN),
-    description="One skill's chain, from its DVC-tracked data to a registered (and maybe promoted) model.")
+    "retrain_skill",
+    selection=dg.AssetSelection.groups(SKILL_CHAIN),
+    description="One skill's chain, from its DVC-tracked data to a registered (and maybe promoted) model.",
+)
 
 
 @dg.sensor(job=retrain_skill, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED)
@@ -26,12 +28,15 @@ def skill_data_sensor(context: dg.SensorEvaluationContext, skill_data: SkillData
         if skill not in known:
             new_skills.append(skill)
         if seen.get(skill) != version:
-            requests.append(dg.RunRequest(partition_key=skill, run_key=f"{skill}:{version}",
-                                          tags={DATA_VERSION_TAG: version}))
+            requests.append(
+                dg.RunRequest(partition_key=skill, run_key=f"{skill}:{version}", tags={DATA_VERSION_TAG: version})
+            )
             seen[skill] = version
     return dg.SensorResult(
-        run_requests=requests, cursor=json.dumps(seen, sort_keys=True),
-        dynamic_partitions_requests=[skills.build_add_request(new_skills)] if new_skills else [])
+        run_requests=requests,
+        cursor=json.dumps(seen, sort_keys=True),
+        dynamic_partitions_requests=[skills.build_add_request(new_skills)] if new_skills else [],
+    )
 
 
 @dg.schedule(job=retrain_skill, cron_schedule="0 2 * * *", default_status=dg.DefaultScheduleStatus.STOPPED)
@@ -45,10 +50,18 @@ def nightly_retrain(context: dg.ScheduleEvaluationContext, skill_data: SkillData
         registered = registry.latest_version_tags(skill) or {}
         if registered.get("dvc_skill_md5") == version:
             continue
-        pending = context.instance.get_run_records(dg.RunsFilter(
-            tags={"dagster/partition": skill, DATA_VERSION_TAG: version},
-            statuses=[dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
-                      dg.DagsterRunStatus.STARTED]), limit=1)
+        pending = context.instance.get_run_records(
+            dg.RunsFilter(
+                tags={"dagster/partition": skill, DATA_VERSION_TAG: version},
+                statuses=[
+                    dg.DagsterRunStatus.QUEUED,
+                    dg.DagsterRunStatus.NOT_STARTED,
+                    dg.DagsterRunStatus.STARTING,
+                    dg.DagsterRunStatus.STARTED,
+                ],
+            ),
+            limit=1,
+        )
         if not pending:
             yield dg.RunRequest(partition_key=skill, run_key=f"{skill}:{version}", tags={DATA_VERSION_TAG: version})
 

@@ -74,8 +74,19 @@ class Compute(dg.ConfigurableResource):
 
         gpus = torch.cuda.device_count()
         processes = self.num_processes or max(gpus, 1)
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
-                   "--num_machines", "1", "--mixed_precision", self.mixed_precision, "--dynamo_backend", "no"]
+        command = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--num_processes",
+            str(processes),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            self.mixed_precision,
+            "--dynamo_backend",
+            "no",
+        ]
         if gpus == 0:
             command += ["--cpu", "--num_cpu_threads_per_process", str(os.cpu_count() or 1)]
         if processes > 1:
@@ -112,15 +123,18 @@ class MlflowRegistry(dg.ConfigurableResource):
     def run_for_key(self, run_key: str, tags: dict[str, str], run_name: str) -> str:
         """The MLflow run of this training key: reused when a crashed or repeated materialization comes back."""
         client, experiment_id = self.client(), self.experiment_id()
-        existing = client.search_runs([experiment_id], f"tags.`sdft.run_key` = '{run_key}'",
-                                      order_by=["attributes.start_time DESC"], max_results=1)
+        existing = client.search_runs(
+            [experiment_id],
+            f"tags.`sdft.run_key` = '{run_key}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
         if existing:
             run_id = existing[0].info.run_id
             if existing[0].info.status != "RUNNING":
                 client.update_run(run_id, status="RUNNING")
         else:
-            run_id = client.create_run(experiment_id, run_name=run_name,
-                                       tags={"sdft.run_key": run_key}).info.run_id
+            run_id = client.create_run(experiment_id, run_name=run_name, tags={"sdft.run_key": run_key}).info.run_id
         for key, value in tags.items():
             client.set_tag(run_id, key, value)
         return run_id
@@ -203,8 +217,10 @@ class MlflowRegistry(dg.ConfigurableResource):
             raise ValueError(f"{self.model_name} has no champion to roll back")
         previous = champion.tags.get("previous_champion")
         if previous is None:
-            raise ValueError(f"{self.model_name}/{champion.version} replaced no earlier champion; nothing to roll "
-                             "back to (promote a version by number instead)")
+            raise ValueError(
+                f"{self.model_name}/{champion.version} replaced no earlier champion; nothing to roll "
+                "back to (promote a version by number instead)"
+            )
         client = self.client()
         client.set_model_version_tag(self.model_name, champion.version, "rolled_back", reason)
         self.set_alias("champion", int(previous))
@@ -223,8 +239,14 @@ class MlflowRegistry(dg.ConfigurableResource):
     def champion_has(self, skill: str, skill_md5: str) -> int | None:
         """The version in the champion's ancestry (itself, its parent, ...) trained on this skill at this data
         version, if any: the skill is already in the champion."""
-        return next((int(v.version) for v in self.champion_lineage()
-                     if v.tags.get("skill") == skill and v.tags.get("dvc_skill_md5") == skill_md5), None)
+        return next(
+            (
+                int(v.version)
+                for v in self.champion_lineage()
+                if v.tags.get("skill") == skill and v.tags.get("dvc_skill_md5") == skill_md5
+            ),
+            None,
+        )
 
     def latest_version_tags(self, skill: str) -> dict[str, str] | None:
         """Tags of the newest version trained on `skill` (None when the skill was never registered)."""
@@ -243,11 +265,16 @@ def tags_json(value: Any) -> str:
 
 @dg.definitions
 def resources() -> dg.Definitions:
-    return dg.Definitions(resources={
-        "skill_data": SkillData(root=os.environ.get("SDFT_DATA_DIR", "data"),
-                                work_dir=os.environ.get("SDFT_WORK_DIR", ".sdft/work")),
-        "registry": MlflowRegistry(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"),
-                                   base_model=os.environ.get("SDFT_BASE_MODEL", DEFAULT_MODEL)),
-        "compute": Compute(),
-        "pipes_subprocess_client": dg.PipesSubprocessClient(),
-    })
+    return dg.Definitions(
+        resources={
+            "skill_data": SkillData(
+                root=os.environ.get("SDFT_DATA_DIR", "data"), work_dir=os.environ.get("SDFT_WORK_DIR", ".sdft/work")
+            ),
+            "registry": MlflowRegistry(
+                tracking_uri=os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"),
+                base_model=os.environ.get("SDFT_BASE_MODEL", DEFAULT_MODEL),
+            ),
+            "compute": Compute(),
+            "pipes_subprocess_client": dg.PipesSubprocessClient(),
+        }
+    )

@@ -39,8 +39,12 @@ DRIFT_MAX_NEW_TOKENS = 64
 
 def model_labels(parent_label: str, parent_is_base: bool) -> dict[str, str]:
     """How the tables and the picture name each model; the parent by its registry label ("sdft/3")."""
-    return {"base": "base", "parent": "base (parent)" if parent_is_base else f"parent {parent_label}",
-            "candidate": "SDFT candidate", "baseline": "SFT baseline"}
+    return {
+        "base": "base",
+        "parent": "base (parent)" if parent_is_base else f"parent {parent_label}",
+        "candidate": "SDFT candidate",
+        "baseline": "SFT baseline",
+    }
 
 
 def _points(value: float) -> float:
@@ -67,20 +71,34 @@ class Comparison:
     def gate_inputs(self) -> dict[str, Any]:
         """Keyword arguments of `promotion_gate` (sdft_core.promotion), the config aside."""
         candidate, parent, baseline = self.model("candidate"), self.model("parent"), self.model("baseline")
-        return {"candidate_skill": candidate["new_skill"], "parent_skill": parent["new_skill"],
-                "candidate_prior": candidate["prior_average"], "parent_prior": parent["prior_average"],
-                "skill_ci": tuple(self.new_skill_ci), "prior_ci": tuple(self.prior_average_ci),
-                "baseline": (baseline["new_skill"], baseline["prior_average"]) if baseline else None}
+        return {
+            "candidate_skill": candidate["new_skill"],
+            "parent_skill": parent["new_skill"],
+            "candidate_prior": candidate["prior_average"],
+            "parent_prior": parent["prior_average"],
+            "skill_ci": tuple(self.new_skill_ci),
+            "prior_ci": tuple(self.prior_average_ci),
+            "baseline": (baseline["new_skill"], baseline["prior_average"]) if baseline else None,
+        }
 
     def summary(self) -> dict[str, Any]:
         """What the pipeline hands on to the gate and logs: scores per model, the intervals, the drift."""
-        return {"new_skill": self.scores("new_skill"), "prior_average": self.scores("prior_average"),
-                "new_skill_ci": list(self.new_skill_ci), "prior_average_ci": list(self.prior_average_ci),
-                "kl_to_base": dict(self.drift)}
+        return {
+            "new_skill": self.scores("new_skill"),
+            "prior_average": self.scores("prior_average"),
+            "new_skill_ci": list(self.new_skill_ci),
+            "prior_average_ci": list(self.prior_average_ci),
+            "kl_to_base": dict(self.drift),
+        }
 
     def to_dict(self) -> dict[str, Any]:
-        return {"skill": self.skill, "prior_tasks": self.prior_tasks, "rows": self.rows, "models": self.models,
-                **self.summary()}
+        return {
+            "skill": self.skill,
+            "prior_tasks": self.prior_tasks,
+            "rows": self.rows,
+            "models": self.models,
+            **self.summary(),
+        }
 
     def benchmark_table(self) -> list[dict[str, Any]]:
         """The rows for display, in points: per benchmark the base's and the parent's scores, the candidate's, its
@@ -90,13 +108,20 @@ class Comparison:
             row: dict[str, Any] = {"benchmark": r["task"]}
             if "base" in r:
                 row["base"] = _points(r["base"])
-            row |= {"parent": _points(r["parent"]), "candidate": _points(r["candidate"]),
-                    "delta": _points(r["delta"]), "delta_ci_low": _points(r["delta_ci"][0]),
-                    "delta_ci_high": _points(r["delta_ci"][1])}
+            row |= {
+                "parent": _points(r["parent"]),
+                "candidate": _points(r["candidate"]),
+                "delta": _points(r["delta"]),
+                "delta_ci_low": _points(r["delta_ci"][0]),
+                "delta_ci_high": _points(r["delta_ci"][1]),
+            }
             if "baseline" in r:
-                row |= {"sft_baseline": _points(r["baseline"]), "baseline_delta": _points(r["baseline_delta"]),
-                        "baseline_delta_ci_low": _points(r["baseline_delta_ci"][0]),
-                        "baseline_delta_ci_high": _points(r["baseline_delta_ci"][1])}
+                row |= {
+                    "sft_baseline": _points(r["baseline"]),
+                    "baseline_delta": _points(r["baseline_delta"]),
+                    "baseline_delta_ci_low": _points(r["baseline_delta_ci"][0]),
+                    "baseline_delta_ci_high": _points(r["baseline_delta_ci"][1]),
+                }
             table.append(row)
         return table
 
@@ -105,11 +130,17 @@ class Comparison:
         (nats per token)."""
         table = []
         for m in self.models:
-            row = {"model": labels.get(m["model"], m["model"]), "new_skill": _points(m["new_skill"]),
-                   "prior_average": _points(m["prior_average"])}
+            row = {
+                "model": labels.get(m["model"], m["model"]),
+                "new_skill": _points(m["new_skill"]),
+                "prior_average": _points(m["prior_average"]),
+            }
             if "kl_to_base" in m:
-                row |= {"kl_to_base": m["kl_to_base"], "kl_ci_low": m["kl_to_base_ci"][0],
-                        "kl_ci_high": m["kl_to_base_ci"][1]}
+                row |= {
+                    "kl_to_base": m["kl_to_base"],
+                    "kl_ci_low": m["kl_to_base_ci"][0],
+                    "kl_ci_high": m["kl_to_base_ci"][1],
+                }
             table.append(row)
         return table
 
@@ -129,6 +160,7 @@ class Comparison:
 
 def _row(label: str, parent, candidate, baseline, base) -> dict[str, Any]:
     """One row; parent/candidate/baseline/base are TaskResults (a task) or {task: TaskResult} (an average)."""
+
     def score(x):
         return x.score if isinstance(x, TaskResult) else average(x)
 
@@ -136,18 +168,29 @@ def _row(label: str, parent, candidate, baseline, base) -> dict[str, Any]:
     row: dict[str, Any] = {"task": label, "metric": metric}
     if base is not None:
         row["base"] = score(base)
-    row |= {"parent": score(parent), "candidate": score(candidate), "delta": score(candidate) - score(parent),
-            "delta_ci": list(paired_difference_ci(parent, candidate))}
+    row |= {
+        "parent": score(parent),
+        "candidate": score(candidate),
+        "delta": score(candidate) - score(parent),
+        "delta_ci": list(paired_difference_ci(parent, candidate)),
+    }
     if baseline is not None:
-        row |= {"baseline": score(baseline), "baseline_delta": score(baseline) - score(parent),
-                "baseline_delta_ci": list(paired_difference_ci(parent, baseline)),
-                "candidate_minus_baseline": score(candidate) - score(baseline),
-                "candidate_minus_baseline_ci": list(paired_difference_ci(baseline, candidate))}
+        row |= {
+            "baseline": score(baseline),
+            "baseline_delta": score(baseline) - score(parent),
+            "baseline_delta_ci": list(paired_difference_ci(parent, baseline)),
+            "candidate_minus_baseline": score(candidate) - score(baseline),
+            "candidate_minus_baseline_ci": list(paired_difference_ci(baseline, candidate)),
+        }
     return row
 
 
-def build_comparison(results: Mapping[str, Mapping[str, TaskResult]], skill: str, prior_tasks: Sequence[str],
-                     drift: Mapping[str, Mapping[str, Any]] | None = None) -> Comparison:
+def build_comparison(
+    results: Mapping[str, Mapping[str, TaskResult]],
+    skill: str,
+    prior_tasks: Sequence[str],
+    drift: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Comparison:
     """Rows of scores with paired 95% bootstrap intervals (candidate - parent, baseline - parent, candidate -
     baseline) on the new skill, each prior task and the prior average; one summary per model with its KL."""
     for required in ("parent", "candidate"):
@@ -171,20 +214,36 @@ def build_comparison(results: Mapping[str, Mapping[str, TaskResult]], skill: str
     for w in MODELS:
         if who[w] is None:
             continue
-        entry = {"model": w, "new_skill": who[w][skill].score,
-                 "prior_average": average({t: who[w][t] for t in prior_tasks}) if prior_tasks else math.nan}
+        entry = {
+            "model": w,
+            "new_skill": who[w][skill].score,
+            "prior_average": average({t: who[w][t] for t in prior_tasks}) if prior_tasks else math.nan,
+        }
         if w in drift:
             entry |= {"kl_to_base": drift[w]["mean"], "kl_to_base_ci": list(drift[w]["ci"])}
         models.append(entry)
-    return Comparison(skill, prior_tasks, rows, models, rows[0]["delta_ci"],
-                      rows[-1]["delta_ci"] if prior_tasks else list(NAN_CI), drift)
+    return Comparison(
+        skill,
+        prior_tasks,
+        rows,
+        models,
+        rows[0]["delta_ci"],
+        rows[-1]["delta_ci"] if prior_tasks else list(NAN_CI),
+        drift,
+    )
 
 
 # ------------------------------------------------------------------------------------------------- scores
-def evaluate_models(models: Mapping[str, str], skills: Mapping[str, tuple[Sequence[dict], str, int]],
-                    prior_limits: Mapping[str, int | None], folders: Mapping[str, str | Path], *,
-                    benchmarks_dir: str | Path | None = None, batch_size: int = 16,
-                    progress: Callable[[str], Progress] | None = None) -> dict[str, dict[str, TaskResult]]:
+def evaluate_models(
+    models: Mapping[str, str],
+    skills: Mapping[str, tuple[Sequence[dict], str, int]],
+    prior_limits: Mapping[str, int | None],
+    folders: Mapping[str, str | Path],
+    *,
+    benchmarks_dir: str | Path | None = None,
+    batch_size: int = 16,
+    progress: Callable[[str], Progress] | None = None,
+) -> dict[str, dict[str, TaskResult]]:
     """Each model ({who: model spec}) scored on the skills ({name: (eval records, scorer, max_new_tokens)}) and
     the prior tasks, its predictions in `folders[who]`. The scores are kept there as results.json and read back
     instead of evaluating again, so a folder must be named after everything the scores depend on (the model, the
@@ -196,17 +255,30 @@ def evaluate_models(models: Mapping[str, str], skills: Mapping[str, tuple[Sequen
             results[who] = {k: TaskResult.from_dict(v) for k, v in json.loads(cache.read_text()).items()}
             log.info("%s (%s): cached scores from %s", who, spec, cache)
             continue
-        results[who] = evaluate_model(spec, skills, prior_limits, output_dir=folders[who],
-                                      benchmarks_dir=benchmarks_dir, batch_size=batch_size,
-                                      progress=progress(who) if progress else None)
+        results[who] = evaluate_model(
+            spec,
+            skills,
+            prior_limits,
+            output_dir=folders[who],
+            benchmarks_dir=benchmarks_dir,
+            batch_size=batch_size,
+            progress=progress(who) if progress else None,
+        )
         cache.write_text(json.dumps({k: r.to_dict() for k, r in results[who].items()}))
     return results
 
 
 # ------------------------------------------------------------------------------------------------- drift
-def drift_on_prompts(base_spec: str, models: Mapping[str, str], records: Sequence[dict],
-                     folders: Mapping[str, str | Path], samples_dir: str | Path, *, max_new_tokens: int,
-                     batch_size: int = 16) -> dict[str, dict[str, Any]]:
+def drift_on_prompts(
+    base_spec: str,
+    models: Mapping[str, str],
+    records: Sequence[dict],
+    folders: Mapping[str, str | Path],
+    samples_dir: str | Path,
+    *,
+    max_new_tokens: int,
+    batch_size: int = 16,
+) -> dict[str, dict[str, Any]]:
     """Each model's drift KL(base || model) on the records' prompts (`drift_from_base`), the base model's too (~0:
     a check of the measure; measured once when the base is the parent). The completion budget is the skill's
     `max_new_tokens` capped at DRIFT_MAX_NEW_TOKENS; the base samples are kept in `samples_dir` and each model's
@@ -216,13 +288,28 @@ def drift_on_prompts(base_spec: str, models: Mapping[str, str], records: Sequenc
     specs = {"base": base_spec, **{who: spec for who, spec in models.items() if who != "base"}}
     caches = {who: Path(folder) / f"drift-{key}.json" for who, folder in folders.items()}
     caches.setdefault("base", caches["parent"])  # the base is the parent: one measurement
-    return drift_from_base(base_spec, specs, records, Path(samples_dir) / f"base-{key}.safetensors",
-                           max_new_tokens=budget, batch_size=batch_size, caches=caches)
+    return drift_from_base(
+        base_spec,
+        specs,
+        records,
+        Path(samples_dir) / f"base-{key}.safetensors",
+        max_new_tokens=budget,
+        batch_size=batch_size,
+        caches=caches,
+    )
 
 
-def drift_from_base(base_spec: str, models: Mapping[str, str], records: Sequence[dict], samples_path: str | Path,
-                    *, max_new_tokens: int, batch_size: int = 16, caches: Mapping[str, str | Path] | None = None,
-                    seed: int = 0) -> dict[str, dict[str, Any]]:
+def drift_from_base(
+    base_spec: str,
+    models: Mapping[str, str],
+    records: Sequence[dict],
+    samples_path: str | Path,
+    *,
+    max_new_tokens: int,
+    batch_size: int = 16,
+    caches: Mapping[str, str | Path] | None = None,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
     """KL(base || model) per completion token (sdft_core.evaluation.drift) for each model ({who: model spec}) on
     the base model's samples of the records' chat prompts, sampled once and cached at `samples_path`.
 
@@ -255,8 +342,9 @@ def drift_from_base(base_spec: str, models: Mapping[str, str], records: Sequence
     base = None
     if not Path(samples_path).exists():
         base = load_inference_model(base_spec)
-    samples = sample_base(base, tokenizer, prompts, samples_path, max_new_tokens=max_new_tokens, seed=seed,
-                          batch_size=batch_size)
+    samples = sample_base(
+        base, tokenizer, prompts, samples_path, max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size
+    )
     for who, spec in pending:
         if spec not in by_spec:
             if spec == base_spec and base is not None:

@@ -58,7 +58,7 @@ class BaseSamples:
 
         offsets = self.offsets
         with safe_open(str(self.path), framework="pt") as handle:
-            return handle.get_slice("log_probs")[offsets[start]:offsets[end]]
+            return handle.get_slice("log_probs")[offsets[start] : offsets[end]]
 
 
 @dataclass(frozen=True)
@@ -73,8 +73,16 @@ class DriftResult:
         return {"mean": self.mean, "ci": list(self.ci), "tokens": self.tokens, "sequences": len(self.sequence_kl)}
 
 
-def sample_base(model: nn.Module, tokenizer, prompts: Sequence[list[int]], path: str | Path, *,
-                max_new_tokens: int, seed: int = 0, batch_size: int = 16) -> BaseSamples:
+def sample_base(
+    model: nn.Module,
+    tokenizer,
+    prompts: Sequence[list[int]],
+    path: str | Path,
+    *,
+    max_new_tokens: int,
+    seed: int = 0,
+    batch_size: int = 16,
+) -> BaseSamples:
     """Sample one completion per prompt from the base `model` and cache its log-probabilities at `path`.
 
     A file already at `path` made from the same prompts and settings is reused as it is; one made from others is
@@ -84,40 +92,62 @@ def sample_base(model: nn.Module, tokenizer, prompts: Sequence[list[int]], path:
     if path.exists():
         samples, metadata = _read(path)
         if metadata.get("key") != key:
-            raise ValueError(f"{path} caches base samples of other prompts or settings "
-                             f"(max_new_tokens={metadata.get('max_new_tokens')}, seed={metadata.get('seed')}); "
-                             "delete it or choose another path")
+            raise ValueError(
+                f"{path} caches base samples of other prompts or settings "
+                f"(max_new_tokens={metadata.get('max_new_tokens')}, seed={metadata.get('seed')}); "
+                "delete it or choose another path"
+            )
         return samples
 
-    completions = sample_token_lists(model, tokenizer, prompts, [sample_key(seed, i) for i in range(len(prompts))],
-                                     max_new_tokens, batch_size)
+    completions = sample_token_lists(
+        model, tokenizer, prompts, [sample_key(seed, i) for i in range(len(prompts))], max_new_tokens, batch_size
+    )
     samples = BaseSamples(path, [list(p) for p in prompts], completions)
-    log_probs = torch.cat(list(completion_log_probs(model, samples.prompt_ids, completions, tokenizer.pad_token_id,
-                                                    batch_size)))
+    log_probs = torch.cat(
+        list(completion_log_probs(model, samples.prompt_ids, completions, tokenizer.pad_token_id, batch_size))
+    )
     _write(path, samples, log_probs, {"key": key, "max_new_tokens": max_new_tokens, "seed": seed})
     return _read(path)[0]
 
 
-def sample_token_lists(model: nn.Module, tokenizer, prompts: Sequence[list[int]], row_keys: Sequence[int],
-                       max_new_tokens: int, batch_size: int = 16) -> list[list[int]]:
+def sample_token_lists(
+    model: nn.Module,
+    tokenizer,
+    prompts: Sequence[list[int]],
+    row_keys: Sequence[int],
+    max_new_tokens: int,
+    batch_size: int = 16,
+) -> list[list[int]]:
     """One temperature-1 completion per prompt (EOS included when emitted), in prompt order. Prompts of similar
     length share a batch; each row's sample depends only on its key (counter-based sampling), not on the batch."""
     eos = eos_token_ids(model, tokenizer)
     completions: list[list[int]] = [[] for _ in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     for start in range(0, len(order), batch_size):
-        batch = order[start:start + batch_size]
-        rollout = sample_completions(model, [list(prompts[i]) for i in batch], [row_keys[i] for i in batch],
-                                     pad_token_id=tokenizer.pad_token_id, eos_token_ids=eos,
-                                     max_new_tokens=max_new_tokens, temperature=1.0)
+        batch = order[start : start + batch_size]
+        rollout = sample_completions(
+            model,
+            [list(prompts[i]) for i in batch],
+            [row_keys[i] for i in batch],
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_ids=eos,
+            max_new_tokens=max_new_tokens,
+            temperature=1.0,
+        )
         lengths = rollout.completion_mask.sum(-1).tolist()
         for row, index in enumerate(batch):
-            completions[index] = rollout.completion_ids[row, :lengths[row]].tolist()
+            completions[index] = rollout.completion_ids[row, : lengths[row]].tolist()
     return completions
 
 
-def kl_to_base(model: nn.Module, samples: BaseSamples, pad_token_id: int, batch_size: int = 16,
-               bootstrap_samples: int = 2000, seed: int = 0) -> DriftResult:
+def kl_to_base(
+    model: nn.Module,
+    samples: BaseSamples,
+    pad_token_id: int,
+    batch_size: int = 16,
+    bootstrap_samples: int = 2000,
+    seed: int = 0,
+) -> DriftResult:
     """Mean KL(base || model) per completion token over the cached samples, with a bootstrap 95% interval."""
     sums, counts = [], []
     batches = completion_log_probs(model, samples.prompt_ids, samples.completion_ids, pad_token_id, batch_size)
@@ -127,16 +157,18 @@ def kl_to_base(model: nn.Module, samples: BaseSamples, pad_token_id: int, batch_
         per_token = (base.exp() * (base - log_probs)).sum(-1).double()
         cursor = 0
         for completion in samples.completion_ids[start:end]:
-            sums.append(float(per_token[cursor:cursor + len(completion)].sum()))
+            sums.append(float(per_token[cursor : cursor + len(completion)].sum()))
             counts.append(len(completion))
             cursor += len(completion)
     total = sum(counts)
-    return DriftResult(sum(sums) / max(total, 1), ratio_bootstrap(sums, counts, bootstrap_samples, seed), total,
-                       sums, counts)
+    return DriftResult(
+        sum(sums) / max(total, 1), ratio_bootstrap(sums, counts, bootstrap_samples, seed), total, sums, counts
+    )
 
 
-def ratio_bootstrap(sums: Sequence[float], counts: Sequence[int], samples: int = 2000, seed: int = 0,
-                    level: float = 0.95) -> tuple[float, float]:
+def ratio_bootstrap(
+    sums: Sequence[float], counts: Sequence[int], samples: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
     """Percentile interval of sum(sums) / sum(counts) when whole sequences are resampled."""
     import numpy as np
 
@@ -152,8 +184,13 @@ def ratio_bootstrap(sums: Sequence[float], counts: Sequence[int], samples: int =
 
 
 @torch.no_grad()
-def completion_log_probs(model: nn.Module, prompt_ids: Sequence[list[int]], completion_ids: Sequence[list[int]],
-                         pad_token_id: int, batch_size: int = 16):
+def completion_log_probs(
+    model: nn.Module,
+    prompt_ids: Sequence[list[int]],
+    completion_ids: Sequence[list[int]],
+    pad_token_id: int,
+    batch_size: int = 16,
+):
     """For each batch of `batch_size` (prompt, completion) pairs, in order: the model's float32 log-probabilities
     [tokens, vocab] at every completion position, the batch's completions concatenated."""
     was_training = model.training
@@ -163,15 +200,19 @@ def completion_log_probs(model: nn.Module, prompt_ids: Sequence[list[int]], comp
     decoder = model.get_decoder()
     try:
         for start in range(0, len(prompt_ids), batch_size):
-            prompts, prompt_mask = pad(list(prompt_ids[start:start + batch_size]), pad_token_id, "left", device)
-            completions, completion_mask = pad(list(completion_ids[start:start + batch_size]), pad_token_id, "right",
-                                               device)
+            prompts, prompt_mask = pad(list(prompt_ids[start : start + batch_size]), pad_token_id, "left", device)
+            completions, completion_mask = pad(
+                list(completion_ids[start : start + batch_size]), pad_token_id, "right", device
+            )
             # The state at the last prompt position predicts the first completion token, and so on.
             input_ids = torch.cat([prompts, completions[:, :-1]], dim=1)
             attention_mask = torch.cat([prompt_mask, completion_mask[:, :-1]], dim=1)
-            hidden = decoder(input_ids=input_ids, attention_mask=attention_mask,
-                             position_ids=position_ids(attention_mask),
-                             use_cache=False).last_hidden_state[:, prompts.shape[1] - 1:]
+            hidden = decoder(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids(attention_mask),
+                use_cache=False,
+            ).last_hidden_state[:, prompts.shape[1] - 1 :]
             hidden = hidden[completion_mask.bool()]  # row by row, each completion's tokens in order
             logits = torch.nn.functional.linear(hidden.float(), weight.float(), None if bias is None else bias.float())
             yield torch.log_softmax(logits, dim=-1)
@@ -190,8 +231,9 @@ def _write(path: Path, samples: BaseSamples, log_probs: torch.Tensor, metadata: 
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     header = metadata | {"prompt_ids": samples.prompt_ids, "completion_ids": samples.completion_ids}
-    save_file({"log_probs": log_probs.float().contiguous()}, str(staging),
-              metadata={"sdft_base_samples": json.dumps(header)})
+    save_file(
+        {"log_probs": log_probs.float().contiguous()}, str(staging), metadata={"sdft_base_samples": json.dumps(header)}
+    )
     os.replace(staging, path)  # the cache exists whole or not at all
 
 

@@ -28,8 +28,8 @@ def encode_request(tokenizer, context: str, continuation: str) -> tuple[list[int
         context, continuation = context[:-spaces], context[-spaces:] + continuation
     whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
     context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
-    if len(whole) > len(context_ids) and whole[:len(context_ids)] == context_ids:
-        return context_ids, whole[len(context_ids):]
+    if len(whole) > len(context_ids) and whole[: len(context_ids)] == context_ids:
+        return context_ids, whole[len(context_ids) :]
     return context_ids, tokenizer(continuation, add_special_tokens=False)["input_ids"]
 
 
@@ -50,13 +50,25 @@ def _pack(context: list[int], continuations: list[list[int]]) -> dict:
             tokens.append(token)
             positions.append(len(context) + j)
             segments.append(k)
-    return {"tokens": tokens, "positions": positions, "segments": segments, "predictors": predictors,
-            "targets": targets, "lengths": [len(c) for c in continuations]}
+    return {
+        "tokens": tokens,
+        "positions": positions,
+        "segments": segments,
+        "predictors": predictors,
+        "targets": targets,
+        "lengths": [len(c) for c in continuations],
+    }
 
 
 @torch.no_grad()
-def loglikelihoods(model: nn.Module, tokenizer, requests: Sequence[tuple[str, str]], batch_size: int = 16,
-                   max_length: int = 2048, progress: Progress | None = None) -> list[float]:
+def loglikelihoods(
+    model: nn.Module,
+    tokenizer,
+    requests: Sequence[tuple[str, str]],
+    batch_size: int = 16,
+    max_length: int = 2048,
+    progress: Progress | None = None,
+) -> list[float]:
     """Sum of log-probabilities of each continuation given its context (plain text, no chat template).
 
     Requests that share a context (the choices of one question) are packed into one sequence.
@@ -68,7 +80,7 @@ def loglikelihoods(model: nn.Module, tokenizer, requests: Sequence[tuple[str, st
     packs = []
     for context_ids, members in groups.items():
         room = max_length - max(len(c) for _, c in members) * len(members)
-        packed = _pack(list(context_ids)[-max(1, room):], [c for _, c in members])
+        packed = _pack(list(context_ids)[-max(1, room) :], [c for _, c in members])
         packed["requests"] = [index for index, _ in members]
         packs.append(packed)
     packs.sort(key=lambda p: -len(p["tokens"]))
@@ -81,7 +93,7 @@ def loglikelihoods(model: nn.Module, tokenizer, requests: Sequence[tuple[str, st
     model.eval()
     try:
         for start in range(0, len(packs), batch_size):
-            batch = packs[start:start + batch_size]
+            batch = packs[start : start + batch_size]
             width = max(len(p["tokens"]) for p in batch)
             ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
             positions = torch.zeros((len(batch), width), dtype=torch.long)
@@ -93,10 +105,14 @@ def loglikelihoods(model: nn.Module, tokenizer, requests: Sequence[tuple[str, st
                 segments[row, :n] = torch.tensor(p["segments"])
             causal = torch.ones(width, width, dtype=torch.bool).tril()
             same = (segments[:, :, None] == segments[:, None, :]) | (segments[:, None, :] == -1)
-            mask = (causal & same & (segments[:, None, :] != -2))
+            mask = causal & same & (segments[:, None, :] != -2)
             mask |= torch.eye(width, dtype=torch.bool)  # padding rows attend to themselves: no empty softmax
-            hidden = decoder(input_ids=ids.to(device), attention_mask=mask[:, None].to(device),
-                             position_ids=positions.to(device), use_cache=False).last_hidden_state
+            hidden = decoder(
+                input_ids=ids.to(device),
+                attention_mask=mask[:, None].to(device),
+                position_ids=positions.to(device),
+                use_cache=False,
+            ).last_hidden_state
             rows = torch.tensor([row for row, p in enumerate(batch) for _ in p["targets"]], device=device)
             cols = torch.tensor([i for p in batch for i in p["predictors"]], device=device)
             targets = torch.tensor([t for p in batch for t in p["targets"]], device=device)
@@ -105,7 +121,7 @@ def loglikelihoods(model: nn.Module, tokenizer, requests: Sequence[tuple[str, st
             cursor = 0
             for p in batch:
                 for index, length in zip(p["requests"], p["lengths"]):
-                    results[index] = sum(token_logprobs[cursor:cursor + length])
+                    results[index] = sum(token_logprobs[cursor : cursor + length])
                     cursor += length
             if progress:
                 progress(min(start + batch_size, len(packs)), len(packs))
@@ -114,26 +130,43 @@ def loglikelihoods(model: nn.Module, tokenizer, requests: Sequence[tuple[str, st
     return results
 
 
-def greedy_answers(model: nn.Module, tokenizer, conversations: Sequence[list[dict[str, str]]],
-                   max_new_tokens: int = 256, batch_size: int = 16,
-                   progress: Progress | None = None) -> list[str]:
+def greedy_answers(
+    model: nn.Module,
+    tokenizer,
+    conversations: Sequence[list[dict[str, str]]],
+    max_new_tokens: int = 256,
+    batch_size: int = 16,
+    progress: Progress | None = None,
+) -> list[str]:
     """Deterministic (greedy) answers to chat prompts, through the chat template as at inference."""
     prompts = [encode_messages(tokenizer, messages) for messages in conversations]
     return greedy_completions(model, tokenizer, prompts, max_new_tokens, batch_size, progress)
 
 
 @torch.no_grad()
-def greedy_completions(model: nn.Module, tokenizer, prompts: Sequence[list[int]], max_new_tokens: int = 256,
-                       batch_size: int = 16, progress: Progress | None = None) -> list[str]:
+def greedy_completions(
+    model: nn.Module,
+    tokenizer,
+    prompts: Sequence[list[int]],
+    max_new_tokens: int = 256,
+    batch_size: int = 16,
+    progress: Progress | None = None,
+) -> list[str]:
     """Greedy completions of already tokenized prompts, decoded without special tokens."""
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     eos = eos_token_ids(model, tokenizer)
     answers = [""] * len(prompts)
     for start in range(0, len(order), batch_size):
-        batch = order[start:start + batch_size]
-        rollout = sample_completions(model, [list(prompts[i]) for i in batch], [0] * len(batch),
-                                     pad_token_id=tokenizer.pad_token_id, eos_token_ids=eos,
-                                     max_new_tokens=max_new_tokens, temperature=0)
+        batch = order[start : start + batch_size]
+        rollout = sample_completions(
+            model,
+            [list(prompts[i]) for i in batch],
+            [0] * len(batch),
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_ids=eos,
+            max_new_tokens=max_new_tokens,
+            temperature=0,
+        )
         for row, index in enumerate(batch):
             tokens = rollout.completion_ids[row][rollout.completion_mask[row].bool()]
             answers[index] = tokenizer.decode(tokens, skip_special_tokens=True).strip()

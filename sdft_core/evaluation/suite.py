@@ -49,29 +49,45 @@ class TaskResult:
         return cls(**data)
 
 
-def score_multiple_choice(model, tokenizer, items: Sequence[dict], metric: str, batch_size: int = 16,
-                          progress: Callable[[int, int], None] | None = None) -> list[dict]:
+def score_multiple_choice(
+    model,
+    tokenizer,
+    items: Sequence[dict],
+    metric: str,
+    batch_size: int = 16,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[dict]:
     requests = [tuple(r) for item in items for r in item["requests"]]
     logprobs = iter(loglikelihoods(model, tokenizer, requests, batch_size=batch_size, progress=progress))
     predictions = []
     for item in items:
         scores = [next(logprobs) for _ in item["requests"]]
         result = scoring.multiple_choice(scores, [r[1] for r in item["requests"]], item["gold"])
-        predictions.append({"id": item["id"], "gold": item["gold"], "logprobs": scores} | result |
-                           {"correct": result[metric]})
+        predictions.append(
+            {"id": item["id"], "gold": item["gold"], "logprobs": scores} | result | {"correct": result[metric]}
+        )
     return predictions
 
 
-def score_generations(model, tokenizer, records: Sequence[dict], scorer: str, max_new_tokens: int = 256,
-                      batch_size: int = 16, progress: Callable[[int, int], None] | None = None) -> list[dict]:
+def score_generations(
+    model,
+    tokenizer,
+    records: Sequence[dict],
+    scorer: str,
+    max_new_tokens: int = 256,
+    batch_size: int = 16,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[dict]:
     """Greedy answers to chat prompts, each scored against the record's own answer fields."""
     from ..records import chat_messages
 
     conversations = [chat_messages(r["prompt"], r.get("system")) for r in records]
-    answers = greedy_answers(model, tokenizer, conversations, max_new_tokens=max_new_tokens,
-                             batch_size=batch_size, progress=progress)
-    return [{"id": str(r["id"]), "output": answer} | score_answer(scorer, answer, r)
-            for r, answer in zip(records, answers)]
+    answers = greedy_answers(
+        model, tokenizer, conversations, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress
+    )
+    return [
+        {"id": str(r["id"]), "output": answer} | score_answer(scorer, answer, r) for r, answer in zip(records, answers)
+    ]
 
 
 def score_answer(scorer: str, answer: str, record: Mapping[str, Any]) -> dict[str, Any]:
@@ -82,8 +98,7 @@ def score_answer(scorer: str, answer: str, record: Mapping[str, Any]) -> dict[st
     if scorer == "number":
         number = scoring.extract_number(answer)
         gold = float(record["answer"])
-        return {"extracted": number, "gold": gold,
-                "correct": float(number is not None and abs(number - gold) < 1e-6)}
+        return {"extracted": number, "gold": gold, "correct": float(number is not None and abs(number - gold) < 1e-6)}
     if scorer == "short_answer":
         result = scoring.short_answer(answer, record["answers"])
         return result | {"gold": record["answers"], "correct": result["contains"]}
@@ -94,23 +109,43 @@ def score_answer(scorer: str, answer: str, record: Mapping[str, Any]) -> dict[st
         from .ifbench import follows_instructions
 
         followed = follows_instructions(answer, record)
-        return {"followed": followed, "instruction_accuracy": sum(followed) / len(followed),
-                "correct": float(all(followed))}
+        return {
+            "followed": followed,
+            "instruction_accuracy": sum(followed) / len(followed),
+            "correct": float(all(followed)),
+        }
     raise ValueError(f"unknown scorer {scorer!r}")
 
 
 def _result(task: str, metric: str, predictions: list[dict], seconds: float) -> TaskResult:
-    numeric = [k for k, v in predictions[0].items() if isinstance(v, float) and k not in ("gold",)] if predictions \
-        else []
+    numeric = (
+        [k for k, v in predictions[0].items() if isinstance(v, float) and k not in ("gold",)] if predictions else []
+    )
     metrics = {k: statistics.fmean(p[k] for p in predictions) for k in numeric}
     scores = [float(p["correct"]) for p in predictions]
-    return TaskResult(task, metric, statistics.fmean(scores) if scores else float("nan"), len(scores),
-                      [p["id"] for p in predictions], scores, metrics, seconds)
+    return TaskResult(
+        task,
+        metric,
+        statistics.fmean(scores) if scores else float("nan"),
+        len(scores),
+        [p["id"] for p in predictions],
+        scores,
+        metrics,
+        seconds,
+    )
 
 
-def evaluate_task(model, tokenizer, task: str, limit: int | None = None, output_dir: str | Path | None = None,
-                  benchmarks_dir: str | Path | None = None, seed: int = 1234, batch_size: int = 16,
-                  progress: Progress | None = None) -> TaskResult:
+def evaluate_task(
+    model,
+    tokenizer,
+    task: str,
+    limit: int | None = None,
+    output_dir: str | Path | None = None,
+    benchmarks_dir: str | Path | None = None,
+    seed: int = 1234,
+    batch_size: int = 16,
+    progress: Progress | None = None,
+) -> TaskResult:
     spec = REGISTRY[task]
     items = subsample(task_items(task, benchmarks_dir), spec.default_limit if limit is None else limit, seed)
     started = time.perf_counter()
@@ -125,9 +160,17 @@ def evaluate_task(model, tokenizer, task: str, limit: int | None = None, output_
     return result
 
 
-def evaluate_records(model, tokenizer, name: str, records: Sequence[dict], scorer: str, max_new_tokens: int = 256,
-                     output_dir: str | Path | None = None, batch_size: int = 16,
-                     progress: Progress | None = None) -> TaskResult:
+def evaluate_records(
+    model,
+    tokenizer,
+    name: str,
+    records: Sequence[dict],
+    scorer: str,
+    max_new_tokens: int = 256,
+    output_dir: str | Path | None = None,
+    batch_size: int = 16,
+    progress: Progress | None = None,
+) -> TaskResult:
     """A skill's eval split (chat records with answer fields), scored with the skill's scorer."""
     started = time.perf_counter()
     step = (lambda done, total: progress(name, done, total)) if progress else None
@@ -138,25 +181,44 @@ def evaluate_records(model, tokenizer, name: str, records: Sequence[dict], score
     return result
 
 
-def evaluate_suite(model, tokenizer, tasks: Mapping[str, int | None] | Sequence[str] = PRIOR_SUITE,
-                   output_dir: str | Path | None = None, benchmarks_dir: str | Path | None = None,
-                   seed: int = 1234, batch_size: int = 16, progress: Progress | None = None) -> dict[str, TaskResult]:
+def evaluate_suite(
+    model,
+    tokenizer,
+    tasks: Mapping[str, int | None] | Sequence[str] = PRIOR_SUITE,
+    output_dir: str | Path | None = None,
+    benchmarks_dir: str | Path | None = None,
+    seed: int = 1234,
+    batch_size: int = 16,
+    progress: Progress | None = None,
+) -> dict[str, TaskResult]:
     limits = tasks if isinstance(tasks, Mapping) else {t: None for t in tasks}
     results = {}
     for task, limit in limits.items():
-        results[task] = evaluate_task(model, tokenizer, task, limit, output_dir, benchmarks_dir, seed, batch_size,
-                                      progress)
-        log.info("%s %s=%.4f (n=%d, %.0fs)", task, results[task].metric, results[task].score, results[task].n,
-                 results[task].seconds)
+        results[task] = evaluate_task(
+            model, tokenizer, task, limit, output_dir, benchmarks_dir, seed, batch_size, progress
+        )
+        log.info(
+            "%s %s=%.4f (n=%d, %.0fs)",
+            task,
+            results[task].metric,
+            results[task].score,
+            results[task].n,
+            results[task].seconds,
+        )
     if output_dir is not None:
         save_scores(results, Path(output_dir) / "scores.json")
     return results
 
 
-def evaluate_model(model_spec: str, skills: Mapping[str, tuple[Sequence[dict], str, int]],
-                   prior_limits: Mapping[str, int | None], output_dir: str | Path | None = None,
-                   benchmarks_dir: str | Path | None = None, batch_size: int = 16,
-                   progress: Progress | None = None) -> dict[str, TaskResult]:
+def evaluate_model(
+    model_spec: str,
+    skills: Mapping[str, tuple[Sequence[dict], str, int]],
+    prior_limits: Mapping[str, int | None],
+    output_dir: str | Path | None = None,
+    benchmarks_dir: str | Path | None = None,
+    batch_size: int = 16,
+    progress: Progress | None = None,
+) -> dict[str, TaskResult]:
     """Load a model once and score it on skills ({name: (eval records, scorer, max_new_tokens)}) and prior tasks;
     `progress(task, done, total)` after every batch."""
     import gc
@@ -164,12 +226,16 @@ def evaluate_model(model_spec: str, skills: Mapping[str, tuple[Sequence[dict], s
     from ..models import load_inference_model, load_tokenizer
 
     tokenizer, model = load_tokenizer(model_spec), load_inference_model(model_spec)
-    results = {name: evaluate_records(model, tokenizer, name, records, scorer, max_new_tokens, output_dir,
-                                      batch_size, progress)
-               for name, (records, scorer, max_new_tokens) in skills.items()}
+    results = {
+        name: evaluate_records(
+            model, tokenizer, name, records, scorer, max_new_tokens, output_dir, batch_size, progress
+        )
+        for name, (records, scorer, max_new_tokens) in skills.items()
+    }
     if prior_limits:
-        results |= evaluate_suite(model, tokenizer, prior_limits, output_dir, benchmarks_dir, batch_size=batch_size,
-                                  progress=progress)
+        results |= evaluate_suite(
+            model, tokenizer, prior_limits, output_dir, benchmarks_dir, batch_size=batch_size, progress=progress
+        )
     del model
     gc.collect()
     return results
@@ -178,8 +244,17 @@ def evaluate_model(model_spec: str, skills: Mapping[str, tuple[Sequence[dict], s
 def save_scores(results: Mapping[str, TaskResult], path: Path) -> None:
     low, high = average_ci(results)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"tasks": {k: r.summary() for k, r in results.items()},
-                                "average": average(results), "average_ci": [low, high]}, indent=2) + "\n")
+    path.write_text(
+        json.dumps(
+            {
+                "tasks": {k: r.summary() for k, r in results.items()},
+                "average": average(results),
+                "average_ci": [low, high],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 # ------------------------------------------------------------------------------------------- statistics
@@ -187,14 +262,20 @@ def average(results: Mapping[str, TaskResult]) -> float:
     return statistics.fmean(r.score for r in results.values())
 
 
-def average_ci(results: Mapping[str, TaskResult], samples: int = 2000, seed: int = 0,
-               level: float = 0.95) -> tuple[float, float]:
+def average_ci(
+    results: Mapping[str, TaskResult], samples: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
     """Bootstrap interval of the average of task scores, resampling items within each task."""
     return _bootstrap([r.item_scores for r in results.values()], samples, seed, level)
 
 
-def paired_difference_ci(base: TaskResult | Mapping[str, TaskResult], candidate: TaskResult | Mapping[str, TaskResult],
-                         samples: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+def paired_difference_ci(
+    base: TaskResult | Mapping[str, TaskResult],
+    candidate: TaskResult | Mapping[str, TaskResult],
+    samples: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
     """Bootstrap interval of candidate - base, items paired by id (for a suite: of the average's difference)."""
     base_map = base if isinstance(base, Mapping) else {base.task: base}
     cand_map = candidate if isinstance(candidate, Mapping) else {candidate.task: candidate}
@@ -238,9 +319,25 @@ def compare(base: Mapping[str, TaskResult], candidate: Mapping[str, TaskResult])
     for task, b in base.items():
         c = candidate[task]
         low, high = paired_difference_ci(b, c)
-        rows.append({"task": task, "metric": b.metric, "base": b.score, "candidate": c.score,
-                     "delta": c.score - b.score, "delta_ci": [low, high]})
+        rows.append(
+            {
+                "task": task,
+                "metric": b.metric,
+                "base": b.score,
+                "candidate": c.score,
+                "delta": c.score - b.score,
+                "delta_ci": [low, high],
+            }
+        )
     low, high = paired_difference_ci(base, candidate)
-    rows.append({"task": "average", "metric": "mean", "base": average(base), "candidate": average(candidate),
-                 "delta": average(candidate) - average(base), "delta_ci": [low, high]})
+    rows.append(
+        {
+            "task": "average",
+            "metric": "mean",
+            "base": average(base),
+            "candidate": average(candidate),
+            "delta": average(candidate) - average(base),
+            "delta_ci": [low, high],
+        }
+    )
     return rows

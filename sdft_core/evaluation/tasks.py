@@ -42,9 +42,15 @@ def _arc(config: str) -> Callable[[], list[dict]]:
             if row["answerKey"] not in labels:
                 continue
             context = f"Question: {row['question']}\nAnswer:"
-            items.append({"id": row["id"], "requests": [[context, f" {t}"] for t in texts],
-                          "gold": labels.index(row["answerKey"])})
+            items.append(
+                {
+                    "id": row["id"],
+                    "requests": [[context, f" {t}"] for t in texts],
+                    "gold": labels.index(row["answerKey"]),
+                }
+            )
         return items
+
     return build
 
 
@@ -58,9 +64,13 @@ def _hellaswag() -> list[dict]:
     items = []
     for i, row in enumerate(sources.read_arrow("hellaswag/none/validation")):
         context = _hellaswag_text(f"{row['activity_label']}: {row['ctx_a']} {row['ctx_b'].capitalize()}")
-        items.append({"id": f"hellaswag-{row['ind']}-{i}",
-                      "requests": [[context, f" {_hellaswag_text(e)}"] for e in row["endings"]],
-                      "gold": int(row["label"])})
+        items.append(
+            {
+                "id": f"hellaswag-{row['ind']}-{i}",
+                "requests": [[context, f" {_hellaswag_text(e)}"] for e in row["endings"]],
+                "gold": int(row["label"]),
+            }
+        )
     return items
 
 
@@ -69,17 +79,23 @@ def _winogrande() -> list[dict]:
     items = []
     for i, row in enumerate(sources.read_arrow("winogrande/winogrande_xl/validation")):
         blank = row["sentence"].index("_")
-        continuation = " " + row["sentence"][blank + 1:].strip()
+        continuation = " " + row["sentence"][blank + 1 :].strip()
         contexts = [row["sentence"][:blank] + option for option in (row["option1"], row["option2"])]
-        items.append({"id": f"winogrande-{i}", "requests": [[c, continuation] for c in contexts],
-                      "gold": int(row["answer"]) - 1})
+        items.append(
+            {"id": f"winogrande-{i}", "requests": [[c, continuation] for c in contexts], "gold": int(row["answer"]) - 1}
+        )
     return items
 
 
 def _piqa() -> list[dict]:
-    return [{"id": f"piqa-{i}", "requests": [[f"Question: {row['goal']}\nAnswer:", f" {row[s]}"]
-                                             for s in ("sol1", "sol2")], "gold": int(row["label"])}
-            for i, row in enumerate(sources.read_arrow("piqa/plain_text/validation"))]
+    return [
+        {
+            "id": f"piqa-{i}",
+            "requests": [[f"Question: {row['goal']}\nAnswer:", f" {row[s]}"] for s in ("sol1", "sol2")],
+            "gold": int(row["label"]),
+        }
+        for i, row in enumerate(sources.read_arrow("piqa/plain_text/validation"))
+    ]
 
 
 def _boolq() -> list[dict]:
@@ -96,29 +112,46 @@ def _mmlu() -> list[dict]:
     for subject in sources.mmlu_subjects():
         for i, row in enumerate(sources.read_arrow(f"hails/mmlu_no_train/{subject}/test")):
             context = f"Question: {row['question']}\nAnswer:"
-            items.append({"id": f"mmlu-{subject}-{i}", "subject": subject,
-                          "requests": [[context, f" {c}"] for c in row["choices"]], "gold": int(row["answer"])})
+            items.append(
+                {
+                    "id": f"mmlu-{subject}-{i}",
+                    "subject": subject,
+                    "requests": [[context, f" {c}"] for c in row["choices"]],
+                    "gold": int(row["answer"]),
+                }
+            )
     return items
 
 
 REGISTRY: dict[str, Task] = {
     "arc_easy": Task("arc_easy", "loglik", "acc_norm", _arc("ARC-Easy"), 400, description="ARC-Easy validation"),
-    "arc_challenge": Task("arc_challenge", "loglik", "acc_norm", _arc("ARC-Challenge"), 400,
-                          description="ARC-Challenge validation"),
+    "arc_challenge": Task(
+        "arc_challenge", "loglik", "acc_norm", _arc("ARC-Challenge"), 400, description="ARC-Challenge validation"
+    ),
     "hellaswag": Task("hellaswag", "loglik", "acc_norm", _hellaswag, 400, description="HellaSwag validation"),
     "winogrande": Task("winogrande", "loglik", "acc", _winogrande, 400, description="WinoGrande xl validation"),
     "piqa": Task("piqa", "loglik", "acc_norm", _piqa, 400, description="PIQA validation"),
     "boolq": Task("boolq", "loglik", "acc", _boolq, 400, description="BoolQ validation"),
     "mmlu": Task("mmlu", "loglik", "acc", _mmlu, 400, description="MMLU test, all 57 subjects"),
 }
+
+
 def _ifbench() -> list[dict]:
     from .ifbench import ifbench_items
 
     return ifbench_items()
 
 
-REGISTRY["ifbench"] = Task("ifbench", "generate", "correct", _ifbench, 100, scorer="instructions",
-                           max_new_tokens=384, description="IFBench prompts, strict prompt-level accuracy")
+REGISTRY["ifbench"] = Task(
+    "ifbench",
+    "generate",
+    "correct",
+    _ifbench,
+    100,
+    scorer="instructions",
+    max_new_tokens=384,
+    description="IFBench prompts, strict prompt-level accuracy",
+)
 PRIOR_SUITE = ("arc_easy", "arc_challenge", "hellaswag", "winogrande", "piqa", "boolq", "mmlu")
 
 

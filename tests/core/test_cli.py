@@ -14,8 +14,22 @@ from tests.readiness import HANG_GUARD_S
 from tests.tiny import save_tiny_model, toy_records
 
 BIN = Path(sys.executable).parent
-COMMON = ["--max-steps", "3", "--batch-size", "4", "--micro-batch-size", "2", "--lr", "3e-3",
-          "--max-new-tokens", "8", "--warmup-steps", "1", "--checkpoint-every", "2"]
+COMMON = [
+    "--max-steps",
+    "3",
+    "--batch-size",
+    "4",
+    "--micro-batch-size",
+    "2",
+    "--lr",
+    "3e-3",
+    "--max-new-tokens",
+    "8",
+    "--warmup-steps",
+    "1",
+    "--checkpoint-every",
+    "2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +54,23 @@ def run(args, **kwargs):
 
 def test_train_cli_runs_and_reports(model_dir, data_file, tmp_path):
     out = tmp_path / "run"
-    result = run([sys.executable, "-m", "sdft_core.cli", "train", "--model", str(model_dir), "--data",
-                  str(data_file), "--output", str(out), *COMMON, "--set", "loss.top_k=16"])
+    result = run(
+        [
+            sys.executable,
+            "-m",
+            "sdft_core.cli",
+            "train",
+            "--model",
+            str(model_dir),
+            "--data",
+            str(data_file),
+            "--output",
+            str(out),
+            *COMMON,
+            "--set",
+            "loss.top_k=16",
+        ]
+    )
     summary = json.loads(result.stdout)
     assert summary["steps"] == 3 and summary["rejected"] == 1
     assert "rejected" in result.stderr and "field 'demonstration': missing required field" in result.stderr
@@ -52,45 +81,101 @@ def test_train_cli_runs_and_reports(model_dir, data_file, tmp_path):
     assert rejected[0]["location"] == "line 9" and rejected[0]["field"] == "demonstration"
 
 
-
 def test_generate_prints_the_greedy_completion(model_dir):
     from sdft_core.models import load_model, load_tokenizer
     from sdft_core.prompts import encode_messages
     from sdft_core.rollout import sample_completions
 
-    generated = run([str(BIN / "sdft"), "generate", "--model", str(model_dir), "--prompt", "What is France?",
-                     "--max-new-tokens", "6"]).stdout
+    generated = run(
+        [
+            str(BIN / "sdft"),
+            "generate",
+            "--model",
+            str(model_dir),
+            "--prompt",
+            "What is France?",
+            "--max-new-tokens",
+            "6",
+        ]
+    ).stdout
     tokenizer, model = load_tokenizer(str(model_dir)), load_model(str(model_dir))
     ids = encode_messages(tokenizer, [{"role": "user", "content": "What is France?"}])
-    rollout = sample_completions(model, [ids], [0], pad_token_id=tokenizer.pad_token_id,
-                                 eos_token_ids=[tokenizer.eos_token_id], max_new_tokens=6, temperature=0)
-    expected = tokenizer.decode(rollout.completion_ids[0][rollout.completion_mask[0].bool()],
-                                skip_special_tokens=True)
+    rollout = sample_completions(
+        model,
+        [ids],
+        [0],
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_ids=[tokenizer.eos_token_id],
+        max_new_tokens=6,
+        temperature=0,
+    )
+    expected = tokenizer.decode(rollout.completion_ids[0][rollout.completion_mask[0].bool()], skip_special_tokens=True)
     assert expected.strip() and generated == expected + "\n"
 
 
 def test_strict_mode_and_bad_flags_fail_clearly(model_dir, data_file, tmp_path):
-    strict = subprocess.run([sys.executable, "-m", "sdft_core.cli", "train", "--model", str(model_dir), "--data",
-                             str(data_file), "--output", str(tmp_path), "--strict", *COMMON],
-                            capture_output=True, text=True, timeout=HANG_GUARD_S)
+    strict = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sdft_core.cli",
+            "train",
+            "--model",
+            str(model_dir),
+            "--data",
+            str(data_file),
+            "--output",
+            str(tmp_path),
+            "--strict",
+            *COMMON,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+    )
     assert strict.returncode != 0 and "demos.jsonl:line 9: field 'demonstration'" in strict.stderr
-    unknown = subprocess.run([sys.executable, "-m", "sdft_core.cli", "train", "--data", str(data_file),
-                              "--set", "loss.nope=1"], capture_output=True, text=True, timeout=HANG_GUARD_S)
+    unknown = subprocess.run(
+        [sys.executable, "-m", "sdft_core.cli", "train", "--data", str(data_file), "--set", "loss.nope=1"],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+    )
     assert unknown.returncode == 2 and "unknown config key(s) loss.nope" in unknown.stderr
-    wrong_type = subprocess.run([sys.executable, "-m", "sdft_core.cli", "train", "--data", str(data_file),
-                                 "--set", "learning_rate=fast"], capture_output=True, text=True, timeout=HANG_GUARD_S)
+    wrong_type = subprocess.run(
+        [sys.executable, "-m", "sdft_core.cli", "train", "--data", str(data_file), "--set", "learning_rate=fast"],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+    )
     assert wrong_type.returncode == 2 and "learning_rate must be a number, got 'fast'" in wrong_type.stderr
 
 
 def test_help_explains_the_commands():
     help_text = " ".join(run([str(BIN / "sdft"), "train", "--help"]).stdout.split())  # as wrapped for any width
-    for text in ("--method {sdft,sft,dft}", "--data", "accelerate launch", "resumes from its last checkpoint",
-                 "--loss.skip-first-tokens N completion tokens left out of the loss", "(default: 3; at least 0)"):
+    for text in (
+        "--method {sdft,sft,dft}",
+        "--data",
+        "accelerate launch",
+        "resumes from its last checkpoint",
+        "--loss.skip-first-tokens N completion tokens left out of the loss",
+        "(default: 3; at least 0)",
+    ):
         assert text in help_text
 
 
-LAUNCH = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-          "--mixed_precision", "no", "--dynamo_backend", "no"]  # --multi_gpu runs 2 processes on CPUs too
+LAUNCH = [
+    str(BIN / "accelerate"),
+    "launch",
+    "--multi_gpu",
+    "--num_processes",
+    "2",
+    "--num_machines",
+    "1",
+    "--mixed_precision",
+    "no",
+    "--dynamo_backend",
+    "no",
+]  # --multi_gpu runs 2 processes on CPUs too
 
 
 def weights(run_dir):
@@ -105,16 +190,45 @@ def processes(run_dir):
 @pytest.fixture(scope="module")
 def single_process_run(model_dir, data_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("one") / "run"
-    run([sys.executable, "-m", "sdft_core.cli", "train", "--model", str(model_dir), "--data", str(data_file),
-         *COMMON, "--output", str(out)])
+    run(
+        [
+            sys.executable,
+            "-m",
+            "sdft_core.cli",
+            "train",
+            "--model",
+            str(model_dir),
+            "--data",
+            str(data_file),
+            *COMMON,
+            "--output",
+            str(out),
+        ]
+    )
     return out
 
 
+@pytest.mark.slow  # two accelerate launches per case, ~30 s
 @pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
 def test_two_processes_make_the_same_update_as_one(model_dir, data_file, single_process_run, tmp_path, sharding):
     out = tmp_path / sharding
-    run([*LAUNCH, "-m", "sdft_core.cli", "train", "--model", str(model_dir), "--data", str(data_file), *COMMON,
-         "--output", str(out), "--set", f"fsdp={'true' if sharding == 'fsdp' else 'false'}"])
+    run(
+        [
+            *LAUNCH,
+            "-m",
+            "sdft_core.cli",
+            "train",
+            "--model",
+            str(model_dir),
+            "--data",
+            str(data_file),
+            *COMMON,
+            "--output",
+            str(out),
+            "--set",
+            f"fsdp={'true' if sharding == 'fsdp' else 'false'}",
+        ]
+    )
     assert processes(out) == 2
     one, two, initial = weights(single_process_run), weights(out), load_file(model_dir / "model.safetensors")
     assert one.keys() == two.keys()
@@ -130,14 +244,36 @@ def test_two_processes_make_the_same_update_as_one(model_dir, data_file, single_
         assert a["completion_tokens_mean"] == b["completion_tokens_mean"]
 
 
+@pytest.mark.slow  # three two-process launches, ~50 s
 def test_sharded_run_killed_part_way_resumes_to_the_same_weights(model_dir, data_file, tmp_path):
-    worker = [*LAUNCH, str(Path(__file__).parents[1] / "distributed_worker.py"), "--model", str(model_dir),
-              "--data", str(data_file), "--config", json.dumps({
-                  "fsdp": True, "max_steps": 4, "batch_size": 4, "micro_batch_size": 2, "learning_rate": 3e-3,
-                  "warmup_steps": 1, "checkpoint_every": 2, "rollout": {"max_new_tokens": 8}})]
+    worker = [
+        *LAUNCH,
+        str(Path(__file__).parents[1] / "distributed_worker.py"),
+        "--model",
+        str(model_dir),
+        "--data",
+        str(data_file),
+        "--config",
+        json.dumps(
+            {
+                "fsdp": True,
+                "max_steps": 4,
+                "batch_size": 4,
+                "micro_batch_size": 2,
+                "learning_rate": 3e-3,
+                "warmup_steps": 1,
+                "checkpoint_every": 2,
+                "rollout": {"max_new_tokens": 8},
+            }
+        ),
+    ]
     run([*worker, "--output", str(tmp_path / "reference")])
-    crashed = subprocess.run([*worker, "--output", str(tmp_path / "crashed"), "--crash-after", "3"],
-                             capture_output=True, text=True, timeout=HANG_GUARD_S)
+    crashed = subprocess.run(
+        [*worker, "--output", str(tmp_path / "crashed"), "--crash-after", "3"],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+    )
     assert crashed.returncode != 0 and "simulated crash after step 3" in crashed.stderr
     assert [p.name for p in (tmp_path / "crashed" / "checkpoints").iterdir()] == ["step-000002"]
     run([*worker, "--output", str(tmp_path / "crashed")])
@@ -150,10 +286,24 @@ def test_teacher_check_cli_reports_the_greedy_and_the_on_policy_check(model_dir,
     from sdft_core.skills import Skill, write_skill
 
     rows = [r | {"answers": [r["demonstration"]]} for r in toy_records(6)]
-    folder = write_skill(Skill("toy", "toy", "short_answer", 4, "test", {"loss.skip_first_tokens": 1},
-                               {"demonstrations": rows}), tmp_path)
-    result = run([str(BIN / "sdft"), "teacher-check", "--skill", str(folder), "--model", str(model_dir),
-                  "--sample", "3", "--samples-per-prompt", "2"])
+    folder = write_skill(
+        Skill("toy", "toy", "short_answer", 4, "test", {"loss.skip_first_tokens": 1}, {"demonstrations": rows}),
+        tmp_path,
+    )
+    result = run(
+        [
+            str(BIN / "sdft"),
+            "teacher-check",
+            "--skill",
+            str(folder),
+            "--model",
+            str(model_dir),
+            "--sample",
+            "3",
+            "--samples-per-prompt",
+            "2",
+        ]
+    )
     report = json.loads(result.stdout)
     assert report["greedy"]["n"] == 3 and report["on_policy"]["n"] == 3
     assert report["on_policy"]["samples_per_prompt"] == 2 and report["on_policy"]["skip_first_tokens"] == 1

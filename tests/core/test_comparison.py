@@ -15,14 +15,15 @@ from tests.tiny import toy_records
 
 
 def _result(task: str, scores: list[float]) -> TaskResult:
-    return TaskResult(task, "acc", sum(scores) / len(scores), len(scores), [str(i) for i in range(len(scores))],
-                      scores)
+    return TaskResult(task, "acc", sum(scores) / len(scores), len(scores), [str(i) for i in range(len(scores))], scores)
 
 
 def _table(with_base: bool):
-    results = {"parent": {"toy": _result("toy", [0.0] * 4), "arc": _result("arc", [1.0, 0.0] * 2)},
-               "candidate": {"toy": _result("toy", [1.0] * 3 + [0.0]), "arc": _result("arc", [1.0, 0.0] * 2)},
-               "baseline": {"toy": _result("toy", [1.0, 0.0] * 2), "arc": _result("arc", [0.0] * 4)}}
+    results = {
+        "parent": {"toy": _result("toy", [0.0] * 4), "arc": _result("arc", [1.0, 0.0] * 2)},
+        "candidate": {"toy": _result("toy", [1.0] * 3 + [0.0]), "arc": _result("arc", [1.0, 0.0] * 2)},
+        "baseline": {"toy": _result("toy", [1.0, 0.0] * 2), "arc": _result("arc", [0.0] * 4)},
+    }
     if with_base:
         results["base"] = {"toy": _result("toy", [0.0] * 4), "arc": _result("arc", [1.0] * 4)}
     drift = {"candidate": {"mean": 0.01, "ci": [0.005, 0.02]}}
@@ -41,8 +42,14 @@ def test_the_display_tables_are_in_points_and_name_each_model_by_its_label():
     labels = model_labels("sdft/3", parent_is_base=False)
     models = {row["model"]: row for row in table.model_table(labels)}
     assert list(models) == ["base", "parent sdft/3", "SDFT candidate", "SFT baseline"]
-    assert models["SDFT candidate"] == {"model": "SDFT candidate", "new_skill": 75.0, "prior_average": 50.0,
-                                        "kl_to_base": 0.01, "kl_ci_low": 0.005, "kl_ci_high": 0.02}
+    assert models["SDFT candidate"] == {
+        "model": "SDFT candidate",
+        "new_skill": 75.0,
+        "prior_average": 50.0,
+        "kl_to_base": 0.01,
+        "kl_ci_low": 0.005,
+        "kl_ci_high": 0.02,
+    }
     assert "kl_to_base" not in models["parent sdft/3"]  # no drift measured for it
 
     first_skill = _table(with_base=False)
@@ -57,13 +64,20 @@ def test_scores_are_kept_per_model_folder_and_read_back_instead_of_evaluating_ag
         folder.mkdir()
     progress = []
     skills = {"toy": (records, "short_answer", 4)}
-    first = evaluate_models({"parent": str(tiny_model_dir), "candidate": str(tiny_model_dir)}, skills, {}, folders,
-                            batch_size=2, progress=lambda who: lambda task, done, total: progress.append(who))
+    first = evaluate_models(
+        {"parent": str(tiny_model_dir), "candidate": str(tiny_model_dir)},
+        skills,
+        {},
+        folders,
+        batch_size=2,
+        progress=lambda who: lambda task, done, total: progress.append(who),
+    )
     assert set(progress) == {"parent", "candidate"} and first["parent"]["toy"].n == 3
     assert (folders["parent"] / "toy.predictions.jsonl").exists()
     # a model whose folder holds its scores is not loaded again: a spec that no longer loads still answers
-    again = evaluate_models({"parent": str(tmp_path / "gone"), "candidate": str(tmp_path / "gone")}, skills, {},
-                            folders)
+    again = evaluate_models(
+        {"parent": str(tmp_path / "gone"), "candidate": str(tmp_path / "gone")}, skills, {}, folders
+    )
     assert again["candidate"]["toy"].to_dict() == first["candidate"]["toy"].to_dict()
 
 

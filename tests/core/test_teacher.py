@@ -49,17 +49,19 @@ def test_teacher_forward_matches_a_model_holding_the_teacher_weights(tiny_model)
     teacher.update()
     reference = copy.deepcopy(tiny_model)
     with torch.no_grad():
-        for (name, param) in reference.named_parameters():
+        for name, param in reference.named_parameters():
             param.copy_(teacher.state_dict()[name])
     got = teacher.hidden_states(INPUT_IDS, ATTENTION, position_ids(ATTENTION))
-    want = reference.model(input_ids=INPUT_IDS, attention_mask=ATTENTION,
-                           position_ids=position_ids(ATTENTION)).last_hidden_state
+    want = reference.model(
+        input_ids=INPUT_IDS, attention_mask=ATTENTION, position_ids=position_ids(ATTENTION)
+    ).last_hidden_state
     torch.testing.assert_close(got, want)
     # the tied output head is the teacher's embedding, not the student's
     assert teacher.head()[0] is teacher.lm.get_input_embeddings().weight
     assert teacher.head()[0] is not tiny_model.get_output_embeddings().weight
-    student_hidden = tiny_model.model(input_ids=INPUT_IDS, attention_mask=ATTENTION,
-                                      position_ids=position_ids(ATTENTION)).last_hidden_state
+    student_hidden = tiny_model.model(
+        input_ids=INPUT_IDS, attention_mask=ATTENTION, position_ids=position_ids(ATTENTION)
+    ).last_hidden_state
     assert not torch.allclose(got, student_hidden)
 
 
@@ -93,8 +95,9 @@ def test_lora_teacher_holds_only_adapter_weights(tokenizer):
     assert all(any(p is q for q in teacher.lm.parameters()) for p in frozen)  # base weights are shared
     # At initialisation LoRA's B is zero, so the teacher is exactly the base model.
     hidden = teacher.hidden_states(INPUT_IDS, ATTENTION, position_ids(ATTENTION))
-    want = reference.model(input_ids=INPUT_IDS, attention_mask=ATTENTION,
-                           position_ids=position_ids(ATTENTION)).last_hidden_state
+    want = reference.model(
+        input_ids=INPUT_IDS, attention_mask=ATTENTION, position_ids=position_ids(ATTENTION)
+    ).last_hidden_state
     torch.testing.assert_close(hidden, want)
     perturb_(model, scale=0.5)
     teacher.update()

@@ -25,8 +25,17 @@ def records():
 
 
 def config(model_dir, output_dir, **overrides):
-    fields = dict(model=str(model_dir), output_dir=str(output_dir), max_steps=6, batch_size=4, micro_batch_size=2,
-                  learning_rate=3e-3, warmup_steps=2, checkpoint_every=2, rollout=RolloutConfig(max_new_tokens=10))
+    fields = dict(
+        model=str(model_dir),
+        output_dir=str(output_dir),
+        max_steps=6,
+        batch_size=4,
+        micro_batch_size=2,
+        learning_rate=3e-3,
+        warmup_steps=2,
+        checkpoint_every=2,
+        rollout=RolloutConfig(max_new_tokens=10),
+    )
     return TrainConfig(**(fields | overrides))
 
 
@@ -82,8 +91,19 @@ def test_full_run_writes_model_metrics_and_checkpoints(peaky_model_dir, records,
     metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6]
     first = metrics[0]
-    for key in ("loss", "divergence", "grad_norm", "learning_rate", "generated_tokens_per_s", "time_generation",
-                "time_teacher", "time_student", "time_optimizer", "eos_fraction", "completion_tokens_mean"):
+    for key in (
+        "loss",
+        "divergence",
+        "grad_norm",
+        "learning_rate",
+        "generated_tokens_per_s",
+        "time_generation",
+        "time_teacher",
+        "time_student",
+        "time_optimizer",
+        "eos_fraction",
+        "completion_tokens_mean",
+    ):
         assert math.isfinite(first[key]), key
     assert first["time_generation"] > 0 and first["time_teacher"] > 0 and first["time_student"] > 0
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000004", "step-000006"]
@@ -141,8 +161,9 @@ def test_kill_and_resume_gives_the_same_weights(peaky_model_dir, records, tmp_pa
     assert reference.final_metrics["loss"] == pytest.approx(resumed.final_metrics["loss"], rel=1e-6)
 
 
-def test_crash_while_writing_a_checkpoint_resumes_from_the_previous_one(peaky_model_dir, records, tmp_path,
-                                                                         monkeypatch):
+def test_crash_while_writing_a_checkpoint_resumes_from_the_previous_one(
+    peaky_model_dir, records, tmp_path, monkeypatch
+):
     reference = train(config(peaky_model_dir, tmp_path / "reference"), records)
     original_save = torch.save
     calls = {"n": 0}
@@ -198,8 +219,9 @@ def test_lora_training_changes_only_adapters_and_saves_a_merged_model(peaky_mode
     merged = load_file(result.model_dir / "model.safetensors")
     base = load_file(peaky_model_dir / "model.safetensors")
     assert merged.keys() == base.keys()  # a plain model directory, adapters merged
-    assert not torch.equal(merged["model.layers.0.self_attn.q_proj.weight"],
-                           base["model.layers.0.self_attn.q_proj.weight"])
+    assert not torch.equal(
+        merged["model.layers.0.self_attn.q_proj.weight"], base["model.layers.0.self_attn.q_proj.weight"]
+    )
     assert torch.equal(merged["model.embed_tokens.weight"], base["model.embed_tokens.weight"])
 
 
@@ -229,13 +251,13 @@ def layer_calls_per_step(trainer):
 
 def test_activation_checkpointing_recomputes_and_gives_the_same_update(peaky_model_dir, records, tmp_path):
     plain_calls = layer_calls_per_step(Trainer(config(peaky_model_dir, tmp_path / "a"), records))
-    ckpt_calls = layer_calls_per_step(Trainer(config(peaky_model_dir, tmp_path / "b", gradient_checkpointing=True),
-                                              records))
+    ckpt_calls = layer_calls_per_step(
+        Trainer(config(peaky_model_dir, tmp_path / "b", gradient_checkpointing=True), records)
+    )
     assert plain_calls == 2  # 2 micro-batches (the teacher is its own module)
     assert ckpt_calls == 4  # the student's layer runs again in each backward pass
     plain = train(config(peaky_model_dir, tmp_path / "plain", max_steps=2), records)
-    checkpointed = train(config(peaky_model_dir, tmp_path / "ckpt", max_steps=2, gradient_checkpointing=True),
-                         records)
+    checkpointed = train(config(peaky_model_dir, tmp_path / "ckpt", max_steps=2, gradient_checkpointing=True), records)
     want = load_file(plain.model_dir / "model.safetensors")
     got = load_file(checkpointed.model_dir / "model.safetensors")
     for name in want:
@@ -263,8 +285,9 @@ def test_on_cpu_freed_memory_stays_mapped_for_the_next_step():
     assert resident_mb() > held - 8  # still mapped: a default glibc would have returned the 64 MB
 
 
-def test_the_prompt_pass_taken_for_sampling_is_the_prompt_part_of_the_training_forward(peaky_model_dir, records,
-                                                                                         tmp_path):
+def test_the_prompt_pass_taken_for_sampling_is_the_prompt_part_of_the_training_forward(
+    peaky_model_dir, records, tmp_path
+):
     """One micro-batch per step: the student's prompts run once, with gradients, for sampling and for training
     (the training forward runs only the completions), and the gradient is the one of running them twice."""
     reused = Trainer(config(peaky_model_dir, tmp_path / "reused", micro_batch_size=4), records)
@@ -290,8 +313,9 @@ def test_the_prompt_pass_taken_for_sampling_is_the_prompt_part_of_the_training_f
         torch.testing.assert_close(grads["reused"][name], want, rtol=1e-4, atol=1e-6 * want.abs().max().item())
 
 
-def test_micro_batches_hold_rows_of_similar_length_and_the_gradient_is_the_whole_batchs(peaky_model_dir, records,
-                                                                                         tmp_path):
+def test_micro_batches_hold_rows_of_similar_length_and_the_gradient_is_the_whole_batchs(
+    peaky_model_dir, records, tmp_path
+):
     whole = Trainer(config(peaky_model_dir, tmp_path / "whole", micro_batch_size=4), records)
     whole.reuse_prompt_pass = False
     split = Trainer(config(peaky_model_dir, tmp_path / "split", micro_batch_size=2), records)
@@ -318,9 +342,17 @@ def test_micro_batches_hold_rows_of_similar_length_and_the_gradient_is_the_whole
         torch.testing.assert_close(grads["split"][name], want, rtol=1e-4, atol=1e-6 * want.abs().max().item())
 
 
-@pytest.mark.parametrize("overrides", [dict(micro_batch_size=2), dict(gradient_checkpointing=True), dict(method="sft"),
-                                       dict(lora=LoraSettings(r=4, alpha=8, dropout=0.1))])
-def test_the_prompt_pass_is_run_again_where_reusing_it_would_hold_or_change_too_much(peaky_model_dir, records,
-                                                                                     tmp_path, overrides):
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(micro_batch_size=2),
+        dict(gradient_checkpointing=True),
+        dict(method="sft"),
+        dict(lora=LoraSettings(r=4, alpha=8, dropout=0.1)),
+    ],
+)
+def test_the_prompt_pass_is_run_again_where_reusing_it_would_hold_or_change_too_much(
+    peaky_model_dir, records, tmp_path, overrides
+):
     trainer = Trainer(config(peaky_model_dir, tmp_path, **({"micro_batch_size": 4} | overrides)), records)
     assert not trainer.reuse_prompt_pass

@@ -18,8 +18,12 @@ def test_defaults_round_trip_to_the_dataclass():
 
 def test_nested_and_optional_sections_and_validation():
     train = config_class(TrainConfig, ("model", "output_dir"))
-    config = to_dataclass(TrainConfig, train(loss={"divergence": "jsd", "jsd_beta": 0.3}, lora={"r": 4},
-                                             adam_betas=[0.8, 0.9]), model="m", output_dir="o")
+    config = to_dataclass(
+        TrainConfig,
+        train(loss={"divergence": "jsd", "jsd_beta": 0.3}, lora={"r": 4}, adam_betas=[0.8, 0.9]),
+        model="m",
+        output_dir="o",
+    )
     assert (config.loss.divergence, config.loss.jsd_beta, config.lora.r, config.lora.alpha) == ("jsd", 0.3, 4, 32)
     assert config.adam_betas == (0.8, 0.9)
     with pytest.raises(ValueError, match="jsd_beta"):

@@ -33,7 +33,9 @@ def test_compose_file_runs_postgres_mlflow_and_dagster_on_our_images_published_o
     assert set(services) == {"postgres", "mlflow", "dagster-webserver", "dagster-daemon"}
     assert services["postgres"]["image"].startswith("postgres:")
     assert {services[name]["image"] for name in ("mlflow", "dagster-webserver", "dagster-daemon")} == {
-        "sdft-train", "sdft-dagster"}
+        "sdft-train",
+        "sdft-dagster",
+    }
     for name, service in services.items():
         for port in service.get("ports", []):
             assert port.startswith("127.0.0.1:"), (name, port)
@@ -98,8 +100,17 @@ class Postgres:
         if self.as_owner:
             shutil.chown(self.dir, "postgres")
         self.run(str(self.bin / "initdb"), "-D", str(self.dir), "-U", "sdft", "--auth=trust")
-        self.run(str(self.bin / "pg_ctl"), "-D", str(self.dir), "-w", "-l", str(self.dir / "server.log"), "-o",
-                 f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.dir}", "start")
+        self.run(
+            str(self.bin / "pg_ctl"),
+            "-D",
+            str(self.dir),
+            "-w",
+            "-l",
+            str(self.dir / "server.log"),
+            "-o",
+            f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.dir}",
+            "start",
+        )
         for database in ("dagster", "mlflow"):
             self.run(str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "sdft", database)
         return self
@@ -108,37 +119,75 @@ class Postgres:
         return f"postgresql+psycopg2://sdft@127.0.0.1:{self.port}/{database}"  # the driver dagster-postgres uses too
 
     def query(self, database: str, sql: str) -> str:
-        psql = [str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "sdft", "-d",
-                database, "-tAc", sql]
+        psql = [
+            str(self.bin / "psql"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(self.port),
+            "-U",
+            "sdft",
+            "-d",
+            database,
+            "-tAc",
+            sql,
+        ]
         return subprocess.run(psql, check=True, capture_output=True, text=True).stdout.strip()
 
     def __exit__(self, *exc) -> None:
-        subprocess.run([*self.as_owner, str(self.bin / "pg_ctl"), "-D", str(self.dir), "-m", "fast", "stop"],
-                       capture_output=True)
+        subprocess.run(
+            [*self.as_owner, str(self.bin / "pg_ctl"), "-D", str(self.dir), "-m", "fast", "stop"], capture_output=True
+        )
         shutil.rmtree(self.base, ignore_errors=True)
 
 
-def test_the_pipeline_runs_on_the_deployments_dagster_yaml_with_postgres_and_an_mlflow_server(tmp_path,
-                                                                                              monkeypatch):
+@pytest.mark.slow  # a PostgreSQL cluster, an MLflow server and the whole chain, ~90 s
+def test_the_pipeline_runs_on_the_deployments_dagster_yaml_with_postgres_and_an_mlflow_server(tmp_path, monkeypatch):
     with Postgres() as postgres:
-        for key, value in {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(postgres.port),
-                           "DAGSTER_PG_USER": "sdft", "DAGSTER_PG_PASSWORD": "", "DAGSTER_PG_DB": "dagster"}.items():
+        for key, value in {
+            "DAGSTER_PG_HOST": "127.0.0.1",
+            "DAGSTER_PG_PORT": str(postgres.port),
+            "DAGSTER_PG_USER": "sdft",
+            "DAGSTER_PG_PASSWORD": "",
+            "DAGSTER_PG_DB": "dagster",
+        }.items():
             monkeypatch.setenv(key, value)
         home = tmp_path / "dagster"
         home.mkdir()
         shutil.copy(DOCKER / "dagster.yaml", home / "dagster.yaml")
         mlflow_port = free_port()
         server = subprocess.Popen(
-            [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", postgres.uri("mlflow"),
-             "--serve-artifacts", "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1",
-             "--port", str(mlflow_port)], cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL,
-            stderr=(tmp_path / "mlflow.log").open("w"))
+            [
+                str(Path(sys.executable).parent / "mlflow"),
+                "server",
+                "--backend-store-uri",
+                postgres.uri("mlflow"),
+                "--serve-artifacts",
+                "--artifacts-destination",
+                str(tmp_path / "artifacts"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(mlflow_port),
+            ],
+            cwd=tmp_path,
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=(tmp_path / "mlflow.log").open("w"),
+        )
         try:
-            wait_until(lambda: answers(f"http://127.0.0.1:{mlflow_port}/health"), lambda: server.poll() is None,
-                       "mlflow server", tmp_path / "mlflow.log")
+            wait_until(
+                lambda: answers(f"http://127.0.0.1:{mlflow_port}/health"),
+                lambda: server.poll() is None,
+                "mlflow server",
+                tmp_path / "mlflow.log",
+            )
             env = Env(tmp_path)
-            env.registry = MlflowRegistry(tracking_uri=f"http://127.0.0.1:{mlflow_port}", base_model=str(env.model),
-                                          model_cache=str(tmp_path / "models"))
+            env.registry = MlflowRegistry(
+                tracking_uri=f"http://127.0.0.1:{mlflow_port}",
+                base_model=str(env.model),
+                model_cache=str(tmp_path / "models"),
+            )
             env.resources["registry"] = env.registry
             write_skill(env.data / "skills" / "toy", toy_skill_rows(12))
             with dg.DagsterInstance.from_config(str(home)) as instance:

@@ -22,23 +22,35 @@ from tests.readiness import HANG_GUARD_S
 from tests.tiny import save_tiny_model, toy_records
 
 ROOT = Path(__file__).resolve().parents[2]
-CHAIN = [assets.demonstrations, assets.curated_demonstrations, assets.teacher_contexts, assets.sdft_model,
-         assets.sft_baseline, assets.benchmark_evaluation, assets.registered_model]
-RUN_CONFIG = {"ops": {
-    "curated_demonstrations": {"config": {"eval_fraction": 0.3}},
-    "sdft_model": {"config": {"max_steps": 2, "batch_size": 4, "micro_batch_size": 4, "warmup_steps": 0,
-                              "checkpoint_every": 1}},
-    "sft_baseline": {"config": {"enabled": True}},  # trains sdft_model's config (2 steps) with method sft
-    "benchmark_evaluation": {"config": {"prior_tasks": ["arc_easy", "boolq"], "prior_limit": 4, "batch_size": 8}},
-}}
+CHAIN = [
+    assets.demonstrations,
+    assets.curated_demonstrations,
+    assets.teacher_contexts,
+    assets.sdft_model,
+    assets.sft_baseline,
+    assets.benchmark_evaluation,
+    assets.registered_model,
+]
+RUN_CONFIG = {
+    "ops": {
+        "curated_demonstrations": {"config": {"eval_fraction": 0.3}},
+        "sdft_model": {
+            "config": {"max_steps": 2, "batch_size": 4, "micro_batch_size": 4, "warmup_steps": 0, "checkpoint_every": 1}
+        },
+        "sft_baseline": {"config": {"enabled": True}},  # trains sdft_model's config (2 steps) with method sft
+        "benchmark_evaluation": {"config": {"prior_tasks": ["arc_easy", "boolq"], "prior_limit": 4, "batch_size": 8}},
+    }
+}
 
 
 def write_skill(folder: Path, rows: list[dict], lines: list[str] = ()) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     text = "".join(json.dumps(r) + "\n" for r in rows) + "".join(line + "\n" for line in lines)
     (folder / "demonstrations.jsonl").write_text(text)
-    (folder / "skill.yaml").write_text(f"name: {folder.name}\ntask_type: qa\nscorer: short_answer\nmax_new_tokens: 8\n"
-                                       "training:\n  rollout.max_new_tokens: 8\n")
+    (folder / "skill.yaml").write_text(
+        f"name: {folder.name}\ntask_type: qa\nscorer: short_answer\nmax_new_tokens: 8\n"
+        "training:\n  rollout.max_new_tokens: 8\n"
+    )
     return folder
 
 
@@ -53,10 +65,15 @@ class Env:
         self.data = root / "data"
         self.model = save_tiny_model(root / "tiny")
         self.skill_data = SkillData(root=str(self.data), dvc_file=str(root / "data.dvc"), work_dir=str(root / "work"))
-        self.registry = MlflowRegistry(tracking_uri=f"sqlite:///{root}/mlflow.db", base_model=str(self.model),
-                                       model_cache=str(root / "models"))
-        self.resources = {"skill_data": self.skill_data, "registry": self.registry, "compute": Compute(),
-                          "pipes_subprocess_client": dg.PipesSubprocessClient()}
+        self.registry = MlflowRegistry(
+            tracking_uri=f"sqlite:///{root}/mlflow.db", base_model=str(self.model), model_cache=str(root / "models")
+        )
+        self.resources = {
+            "skill_data": self.skill_data,
+            "registry": self.registry,
+            "compute": Compute(),
+            "pipes_subprocess_client": dg.PipesSubprocessClient(),
+        }
 
     def materialize(self, instance, skill: str, selection=None, run_config=RUN_CONFIG, raise_on_error=True):
         if not instance.has_dynamic_partition("skill", skill):
@@ -64,8 +81,15 @@ class Env:
         if selection is not None:  # run config may only name the selected assets
             names = {a.key.to_user_string() for a in selection}
             run_config = {"ops": {k: v for k, v in run_config["ops"].items() if k in names}}
-        return dg.materialize(CHAIN, selection=selection, partition_key=skill, instance=instance,
-                              resources=self.resources, run_config=run_config, raise_on_error=raise_on_error)
+        return dg.materialize(
+            CHAIN,
+            selection=selection,
+            partition_key=skill,
+            instance=instance,
+            resources=self.resources,
+            run_config=run_config,
+            raise_on_error=raise_on_error,
+        )
 
     def versions(self):
         client = self.registry.client()  # search results leave aliases out: fetch each version
@@ -98,11 +122,15 @@ def test_definitions_load_and_dg_check_passes():
 
     definitions = defs()
     dg.Definitions.validate_loadable(definitions)
-    assert {k.to_user_string() for k in definitions.resolve_all_asset_keys()} == {a.key.to_user_string()
-                                                                                 for a in CHAIN}
+    assert {k.to_user_string() for k in definitions.resolve_all_asset_keys()} == {a.key.to_user_string() for a in CHAIN}
     assert definitions.resolve_job_def("retrain_skill") and definitions.resolve_job_def("change_champion")
-    checked = subprocess.run([str(Path(sys.executable).parent / "dg"), "check", "defs"], cwd=ROOT,
-                             capture_output=True, text=True, timeout=HANG_GUARD_S)
+    checked = subprocess.run(
+        [str(Path(sys.executable).parent / "dg"), "check", "defs"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD_S,
+    )
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "All definitions loaded successfully" in checked.stdout + checked.stderr
 
@@ -195,8 +223,9 @@ def test_the_sft_baseline_trains_the_same_budget_is_evaluated_beside_the_candida
 
 def test_rematerializing_reuses_the_run_and_registers_once(chain):
     before = chain.versions()
-    again = chain.materialize(chain.instance, "toy", selection=[assets.sdft_model, assets.benchmark_evaluation,
-                                                                 assets.registered_model])
+    again = chain.materialize(
+        chain.instance, "toy", selection=[assets.sdft_model, assets.benchmark_evaluation, assets.registered_model]
+    )
     assert again.success
     after = chain.versions()
     assert [int(v.version) for v in after] == [int(v.version) for v in before] == [1]
@@ -231,12 +260,17 @@ def test_failed_gate_keeps_the_champion_and_next_skill_trains_from_it(chain):
     assert result.success
     assert metadata(result, "sft_baseline")["enabled"] is False
     evaluation = metadata(result, "benchmark_evaluation")
-    assert "new_skill_baseline" not in evaluation and "baseline_eval/second" not in chain.registry.client().get_run(
-        evaluation["mlflow_run_id"]).data.metrics
+    assert (
+        "new_skill_baseline" not in evaluation
+        and "baseline_eval/second" not in chain.registry.client().get_run(evaluation["mlflow_run_id"]).data.metrics
+    )
     kl = {who: d["mean"] for who, d in evaluation["kl_to_base"].items()}
     assert set(kl) == {"base", "parent", "candidate"} and abs(kl["base"]) < 1e-5  # the base evaluated on its own
-    assert {record.data["model"] for record in evaluation["models"].records} == {"base", "parent sdft/1",
-                                                                                 "SDFT candidate"}
+    assert {record.data["model"] for record in evaluation["models"].records} == {
+        "base",
+        "parent sdft/1",
+        "SDFT candidate",
+    }
     registered = metadata(result, "registered_model")
     assert registered["model_version"] == 2 and registered["gate_passed"] is False
     assert registered["outcome"].startswith("champion unchanged (1)") and "FAILED" in registered["gate"]
@@ -254,8 +288,11 @@ def test_failed_gate_keeps_the_champion_and_next_skill_trains_from_it(chain):
 def test_change_champion_job_promotes_and_rolls_back(chain):
     def change(**config):
         return change_champion.execute_in_process(
-            run_config={"ops": {"set_champion": {"config": config}}}, resources={"registry": chain.registry},
-            instance=chain.instance, raise_on_error=False)
+            run_config={"ops": {"set_champion": {"config": config}}},
+            resources={"registry": chain.registry},
+            instance=chain.instance,
+            raise_on_error=False,
+        )
 
     assert chain.champion() == 1
     assert change(version=2, reason="reviewed").success and chain.champion() == 2
@@ -289,8 +326,9 @@ def test_main_command_does_not_retrain_a_skill_the_champion_holds(chain, monkeyp
     assert main(["run", "--skill", "nope"]) == 2
 
 
-def test_status_prints_per_skill_the_champion_version_that_learned_it_its_data_hash_and_scores(chain, monkeypatch,
-                                                                                               capsys):
+def test_status_prints_per_skill_the_champion_version_that_learned_it_its_data_hash_and_scores(
+    chain, monkeypatch, capsys
+):
     from pipelines.cli import main
 
     monkeypatch.setenv("SDFT_DATA_DIR", str(chain.data))
@@ -315,9 +353,11 @@ def test_sensor_adds_new_skills_and_requests_each_data_version_once(tmp_path):
     write_skill(tmp_path / "data" / "skills" / "alpha", toy_skill_rows(4))
     (tmp_path / "data" / "skills" / "not_a_skill").mkdir()  # no demonstrations: ignored
     with dg.instance_for_test() as instance:
+
         def tick(cursor):
-            return skill_data_sensor(dg.build_sensor_context(instance=instance, cursor=cursor,
-                                                             resources={"skill_data": skill_data}))
+            return skill_data_sensor(
+                dg.build_sensor_context(instance=instance, cursor=cursor, resources={"skill_data": skill_data})
+            )
 
         first = tick(None)
         assert first.dynamic_partitions_requests[0].partition_keys == ["alpha"]
@@ -348,8 +388,9 @@ def test_schedule_retrains_only_skills_changed_since_their_registered_version(ch
     chain.instance.add_dynamic_partitions("skill", ["fresh"])
 
     def scheduled() -> list[str]:
-        context = dg.build_schedule_context(instance=chain.instance, resources={
-            "skill_data": chain.skill_data, "registry": chain.registry})
+        context = dg.build_schedule_context(
+            instance=chain.instance, resources={"skill_data": chain.skill_data, "registry": chain.registry}
+        )
         return sorted(r.partition_key for r in nightly_retrain(context))
 
     assert scheduled() == ["fresh"]  # toy and second are registered at their current data version
@@ -360,8 +401,12 @@ def test_schedule_retrains_only_skills_changed_since_their_registered_version(ch
 def test_bad_rows_are_quarantined_and_the_blocking_check_stops_the_chain(tmp_path):
     env = Env(tmp_path)
     good = toy_skill_rows(6)
-    bad_lines = ['{"id": "b1", "prompt": "What?"}', "{not json", '{"id": "b2", "prompt": "", "demonstration": "x"}',
-                 json.dumps(good[0])]  # the last one repeats an id
+    bad_lines = [
+        '{"id": "b1", "prompt": "What?"}',
+        "{not json",
+        '{"id": "b2", "prompt": "", "demonstration": "x"}',
+        json.dumps(good[0]),
+    ]  # the last one repeats an id
     folder = write_skill(env.data / "skills" / "broken", good, bad_lines)
     with dg.instance_for_test() as instance:
         result = env.materialize(instance, "broken", selection=CHAIN[:3], raise_on_error=False)

@@ -49,4 +49,5 @@ def test_evaluation_progress_reaches_the_run_log_at_each_tasks_end_and_every_30_
         report("hellaswag", min(done, 400), 400)
     report("boolq", 16, 16)
     assert log.lines == [f"evaluating candidate: hellaswag {n}/400" for n in (96, 192, 288, 384, 400)] + [
-        "evaluating candidate: boolq 16/16"]
+        "evaluating candidate: boolq 16/16"
+    ]

@@ -22,6 +22,8 @@ from tests.pipelines.test_pipeline import toy_skill_rows, write_skill
 from tests.readiness import HANG_GUARD_S, wait_until
 from tests.tiny import save_tiny_model
 
+pytestmark = pytest.mark.slow  # the UIs' servers start in each test; the browser test runs the whole chain, ~4 min
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -54,8 +56,16 @@ class UI:
         self.mlflow_url = f"http://127.0.0.1:{self.mlflow_port}"
         self.home = root / "dagster"
         self.home.mkdir(parents=True, exist_ok=True)
-        self.env = os.environ | {"DAGSTER_HOME": str(self.home), "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
-                                 "SDFT_WORK_DIR": str(root / "work"), "PYTHONUNBUFFERED": "1"} | (env or {})
+        self.env = (
+            os.environ
+            | {
+                "DAGSTER_HOME": str(self.home),
+                "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
+                "SDFT_WORK_DIR": str(root / "work"),
+                "PYTHONUNBUFFERED": "1",
+            }
+            | (env or {})
+        )
         self.output: list[str] = []
         self.pids: dict[str, int] = {}
 
@@ -63,8 +73,22 @@ class UI:
         # a file, not a pipe: the servers log every request, and a pipe nobody reads would block them when full
         self.log = self.home.parent / "ui.log"
         self.launcher = subprocess.Popen(
-            [sys.executable, "-m", "pipelines.cli", "ui", "--dagster-port", str(self.dagster_port), "--mlflow-port",
-             str(self.mlflow_port)], cwd=ROOT, env=self.env, stdout=self.log.open("w"), stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "pipelines.cli",
+                "ui",
+                "--dagster-port",
+                str(self.dagster_port),
+                "--mlflow-port",
+                str(self.mlflow_port),
+            ],
+            cwd=ROOT,
+            env=self.env,
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+
         def up() -> bool:
             self.output = self.log.read_text().splitlines(keepends=True)
             return any("Ctrl-C stops both" in line for line in self.output)
@@ -111,8 +135,15 @@ def test_ui_serves_dagster_and_mlflow_on_loopback_and_one_ctrl_c_stops_every_pro
             assert not group_alive(pid), f"{name}'s process group outlived the launcher"
 
 
-BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run"]
+BROWSER_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 ARTIFACTS = Path(os.environ.get("SDFT_TEST_ARTIFACTS", ROOT / "build" / "test-artifacts"))
 RUNS = "{ runsOrError(limit: 10) { ... on Runs { results { runId status tags { key value } } } } }"
 
@@ -190,5 +221,7 @@ def test_a_skill_materialized_from_the_dagster_ui_becomes_a_model_version_with_a
         assert tags["skill"] == "toy"
         assert "1" in aliases.values() and set(aliases) <= {"champion", "candidate"}, aliases
         assert ui.stop() and ui.launcher.returncode == 0
-    print(f"browser test: {time.monotonic() - started:.0f} s from the servers' start to MLflow's answer; "
-          f"aliases {aliases}; screenshots in {shots}")
+    print(
+        f"browser test: {time.monotonic() - started:.0f} s from the servers' start to MLflow's answer; "
+        f"aliases {aliases}; screenshots in {shots}"
+    )
