@@ -1,12 +1,11 @@
-"""Milliseconds per decode step of the static-cache decoder, its CPU products both ways, and optionally the
-model's own forward, at several row counts.
+"""Milliseconds per decode step of the static-cache decoder and of the model's own forward (the generic decoder),
+at several row counts.
 
     .venv/bin/python benchmarks/decode_step.py --rows 1 4 12 32 64
 
 Each decoder starts from the same prompt pass (random ~70-token prompts) and takes --steps steps, in --rounds
-interleaved rounds; the median round is printed. "weight @ x.T" and "x @ weight.T" are the two ways the static
-step can run its CPU products; `decoding._SKINNY_ROWS` (the most rows for the first) was chosen from this. Not a
-test: absolute times drift; compare within one run, on an otherwise idle machine.
+interleaved rounds; the median round is printed. Not a test: absolute times drift; compare within one run, on
+an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -37,7 +36,6 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, default=70)
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--generic", action="store_true", help="also time the model's own forward (slow)")
     args = parser.parse_args()
 
     model = load_model(args.model).eval()
@@ -45,7 +43,7 @@ def main() -> None:
         f"{args.model}, {torch.get_num_threads()} threads; ms per decode step (median of {args.rounds} rounds "
         f"of {args.steps} steps)"
     )
-    kinds = ["weight @ x.T", "x @ weight.T"] + (["model forward"] if args.generic else [])
+    kinds = ["static cache", "model forward"]
     print(f"{'rows':>5} " + " ".join(f"{kind:>15}" for kind in kinds))
     with torch.no_grad():
         for rows in args.rows:
@@ -56,11 +54,9 @@ def main() -> None:
             times: dict[str, list[float]] = {kind: [] for kind in kinds}
             for _ in range(args.rounds):
                 for kind in kinds:
-                    if kind == "model forward":
-                        decoder = GenericDecoder(model)
-                    else:
-                        decoder = StaticCacheDecoder(model, rows, length)
-                        decoder.skinny = kind == "weight @ x.T"
+                    decoder = (
+                        GenericDecoder(model) if kind == "model forward" else StaticCacheDecoder(model, rows, length)
+                    )
                     times[kind].append(step_ms(decoder, prompt, rows, args.steps))
             print(f"{rows:>5} " + " ".join(f"{statistics.median(t):>15.1f}" for t in times.values()))
 

@@ -32,9 +32,6 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 STATIC_CACHE_MODEL_TYPES = ("llama", "qwen2")
-# Up to this many rows a CPU product runs as weight @ x.T, which streams the weights 2-3x faster than x @ weight.T
-# in torch's CPU GEMM (benchmarks/decode_step.py); the default rollout of 32 rows is within it.
-_SKINNY_ROWS = 32
 _LAYER_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -244,7 +241,6 @@ class StaticCacheDecoder(_Decoder):
         # slots, left padding)
         self.additive_mask = torch.full((rows, 1, 1, max_length), float("-inf"), dtype=self.dtype, device=self.device)
         self.length = 0
-        self.skinny = self.device.type == "cpu" and rows <= _SKINNY_ROWS
         self.use_graph = cuda_graphs and self.device.type == "cuda"
         self.graph = None
 
@@ -280,10 +276,7 @@ class StaticCacheDecoder(_Decoder):
         return prompt.logits
 
     def _linear(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        x = x.to(self.dtype)
-        # weight @ x.T is a column-major view; the elementwise ops and .contiguous() after it make it row-major
-        out = torch.mm(weight, x.T).T if self.skinny else F.linear(x, weight)
-        return out if bias is None else out + bias
+        return F.linear(x.to(self.dtype), weight, bias)
 
     def _rms_norm(self, h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """The model's RMSNorm: in float32, times its weight, in the residual dtype."""
@@ -316,7 +309,7 @@ class StaticCacheDecoder(_Decoder):
             rotation = torch.complex(cos[..., :half].float(), sin[..., :half].float())  # [rows, 1, head_dim / 2]
             mask = self.additive_mask[..., :visible]
             for index, w in enumerate(self.layers):
-                qkv = self._linear(self._rms_norm(h, w["input_norm"]), *w["qkv"]).contiguous()
+                qkv = self._linear(self._rms_norm(h, w["input_norm"]), *w["qkv"])
                 pairs = qkv[:, :qk_width].unflatten(-1, (rotating, half, 2)).float()
                 qk = torch.view_as_real(torch.view_as_complex(pairs) * rotation).to(self.dtype)
                 k = qk[:, self.heads :].flatten(-2)  # [rows, kv_heads, head_dim]
@@ -341,7 +334,7 @@ class StaticCacheDecoder(_Decoder):
                 gate, up = self._linear(self._rms_norm(h, w["post_attention_norm"]), *w["gate_up"]).split(
                     self.intermediate, -1
                 )
-                h = h + self._linear((self.act(gate) * up).contiguous(), *w["down"]).to(self.residual_dtype)
+                h = h + self._linear(self.act(gate) * up, *w["down"]).to(self.residual_dtype)
             return head_logits(self._rms_norm(h, self.final_norm), *self.head)
 
     def _capture(self, tokens: torch.Tensor) -> bool:
