@@ -14,6 +14,8 @@ the same weights as several processes sharing the same global batch.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 import math
@@ -30,7 +32,7 @@ import torch
 
 from . import distributed
 from .callbacks import ProgressBar, TrainerCallback
-from .checkpoint import Checkpoint, checkpoint_dir, save_checkpoint, truncate_metrics
+from .checkpoint import checkpoint_dir, newest_readable, save_checkpoint, truncate_metrics
 from .config import TrainConfig
 from .decoding import PromptPass, cache_argument, position_ids
 from .losses import (
@@ -198,6 +200,15 @@ class Trainer:
         self._orders: dict[int, list[int]] = {}
         self.step = 0
         self.reuse_prompt_pass = self._prompt_pass_reusable()
+
+    @functools.cached_property
+    def examples_digest(self) -> str:
+        """The training examples as this run sees them (the token ids of prompts and targets), hashed: a resume
+        refuses a checkpoint trained on other data even when the number of examples is the same."""
+        digest = hashlib.sha256()
+        for example in self.examples:
+            digest.update(json.dumps([example.student_ids, example.teacher_ids, example.demonstration_ids]).encode())
+        return digest.hexdigest()[:16]
 
     def _prompt_pass_reusable(self) -> bool:
         """Whether the student's forward over its prompts, taken with gradients before sampling, can also be the
@@ -541,15 +552,20 @@ class Trainer:
                     "fingerprint": self.config.fingerprint(),
                     "processes": self.accelerator.num_processes,
                     "examples": len(self.examples),
+                    "examples_digest": self.examples_digest,
                 },
             )
         self.accelerator.wait_for_everyone()
         return checkpoint_dir(self.output_dir, self.step)
 
     def resume(self) -> int | None:
-        """Continue from the newest complete checkpoint under output_dir, if there is one."""
-        checkpoint = Checkpoint.latest(self.output_dir)
+        """Continue from the newest checkpoint under output_dir that reads whole, if there is one."""
+        checkpoint, unreadable = newest_readable(self.output_dir)
+        for reason in unreadable:
+            log.warning("%s; resuming from the checkpoint before it", reason)
         if checkpoint is None:  # a fresh start: the log of an earlier run in this directory is not this run's
+            if unreadable:
+                log.warning("no readable checkpoint under %s: training from the start", self.output_dir)
             if self.accelerator.is_main_process:
                 truncate_metrics(self.output_dir / "metrics.jsonl", 0)
             return None
@@ -559,24 +575,26 @@ class Trainer:
                 f"{path} was written by a run with a different training config; use a new "
                 f"output_dir, or the same config to resume it"
             )
-        if state["examples"] != len(self.examples):
+        if state["examples"] != len(self.examples) or state.get("examples_digest", self.examples_digest) != (
+            self.examples_digest
+        ):
             raise ValueError(
-                f"{path} was trained on {state['examples']} examples, this run has "
-                f"{len(self.examples)}; the data changed, use a new output_dir"
+                f"{path} was trained on other examples ({state['examples']} then, {len(self.examples)} now, "
+                f"or the same number with other text): the data changed since the checkpoint, and resuming would "
+                f"give weights that match neither run; use a new output_dir"
             )
-        weights, optimizer = checkpoint.student(), checkpoint.optimizer()
         if self.fsdp:
-            distributed.load_full_state_dict(self.model, {f"lm.{name}": t for name, t in weights.items()})
-            distributed.load_full_optimizer_state(self.model, self.optimizer, optimizer)
+            distributed.load_full_state_dict(self.model, {f"lm.{name}": t for name, t in checkpoint.student.items()})
+            distributed.load_full_optimizer_state(self.model, self.optimizer, checkpoint.optimizer)
         else:
             with torch.no_grad():
                 for name, param in self.lm.named_parameters():
                     if param.requires_grad:
-                        param.copy_(weights[name])
-            self.optimizer.load_state_dict(optimizer)
+                        param.copy_(checkpoint.student[name])
+            self.optimizer.load_state_dict(checkpoint.optimizer)
         if self.teacher is not None:
-            self.teacher.load_state_dict(checkpoint.teacher())
-        self.scheduler.load_state_dict(checkpoint.scheduler())
+            self.teacher.load_state_dict(checkpoint.teacher)
+        self.scheduler.load_state_dict(checkpoint.scheduler)
         checkpoint.restore_rng()
         self.step = checkpoint.step
         if self.accelerator.is_main_process:

@@ -186,6 +186,63 @@ def test_crash_while_writing_a_checkpoint_resumes_from_the_previous_one(
     assert reference.steps == resumed.steps
 
 
+@pytest.mark.parametrize("torn", ["model.safetensors", "optimizer.pt", "state.json"])
+def test_a_torn_newest_checkpoint_is_skipped_for_the_one_before_it(peaky_model_dir, records, tmp_path, caplog, torn):
+    """A checkpoint that was renamed into place but whose file is cut short (a disk that lied about a flush, a
+    copy cut short): the resume reads each checkpoint whole first, says which it skips, and ends where an
+    uninterrupted run ends."""
+    reference = train(config(peaky_model_dir, tmp_path / "reference"), records)
+
+    class CrashAfterStep(TrainerCallback):
+        def on_step_end(self, step, metrics):
+            if step == 5:
+                raise Crash
+
+    crashed = config(peaky_model_dir, tmp_path / "crashed")
+    with pytest.raises(Crash):
+        train(crashed, records, callbacks=[CrashAfterStep()])
+    newest = list_checkpoints(tmp_path / "crashed")[-1]
+    assert newest.name == "step-000004"
+    data = (newest / torn).read_bytes()
+    (newest / torn).write_bytes(data[: len(data) // 2])
+    with caplog.at_level("WARNING", logger="sdft_core.trainer"):
+        resumed = train(crashed, records)
+    assert resumed.resumed_from == 2
+    assert "step-000004 is unreadable" in caplog.text
+    want, got = final_weights(tmp_path / "reference"), final_weights(tmp_path / "crashed")
+    assert all(torch.equal(want[k], got[k]) for k in want)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "crashed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 7))
+    assert reference.steps == resumed.steps
+
+
+def test_resume_refuses_a_checkpoint_of_other_examples_of_the_same_number(peaky_model_dir, records, tmp_path):
+    train(config(peaky_model_dir, tmp_path, max_steps=2), records)
+    edited = records_from_dicts([dict(r.to_dict(), demonstration=r.demonstration + " (edited)") for r in records])
+    with pytest.raises(ValueError, match="the data changed since the checkpoint"):
+        train(config(peaky_model_dir, tmp_path, max_steps=2), edited.accepted)
+
+
+def test_a_kill_while_the_metrics_log_is_cut_back_leaves_it_whole(peaky_model_dir, records, tmp_path, monkeypatch):
+    """The log is rewritten beside itself and renamed over: a kill before the rename leaves the old log."""
+    import sdft_core.checkpoint as checkpoint
+
+    train(config(peaky_model_dir, tmp_path, max_steps=3), records)
+    log = tmp_path / "metrics.jsonl"
+    before = log.read_text()
+
+    def killed(*args):
+        raise Crash("killed during the rename")
+
+    monkeypatch.setattr(checkpoint.os, "replace", killed)
+    with pytest.raises(Crash):
+        checkpoint.truncate_metrics(log, 1)
+    assert log.read_text() == before and all(json.loads(line) for line in before.splitlines())
+    monkeypatch.undo()
+    checkpoint.truncate_metrics(log, 1)
+    assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1]
+
+
 def test_resume_refuses_a_different_config(peaky_model_dir, records, tmp_path):
     train(config(peaky_model_dir, tmp_path, max_steps=2), records)
     with pytest.raises(ValueError, match="different training config"):
