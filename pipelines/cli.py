@@ -191,13 +191,25 @@ def registry_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def skill_name(value: str) -> str:
+    """argparse type: a valid skill name, else a one-line usage error (no traceback)."""
+    from sdft_core.names import InvalidName, check_skill_name
+
+    try:
+        return check_skill_name(value, "--skill")
+    except InvalidName as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="sdft-pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
     run_parser = commands.add_parser("run", help="materialize a skill's chain, data to registered model")
-    run_parser.add_argument("--skill", default="science", help="a folder under data/skills (default science)")
+    run_parser.add_argument(
+        "--skill", default="science", type=skill_name, help="a folder under data/skills (default science)"
+    )
     run_parser.add_argument("--config", type=Path, help="Dagster run config (YAML), e.g. pipelines/configs/cpu.yaml")
     run_parser.add_argument(
         "--force",

@@ -35,6 +35,7 @@ import yaml
 from .evaluation import sources
 from .evaluation.scoring import LETTERS, format_call, normalize_text
 from .evaluation.tasks import PRIOR_SUITE, task_items
+from .names import check_skill_name
 from .records import read_jsonl, write_jsonl
 
 SPLITS = ("demonstrations", "validation", "eval")
@@ -277,7 +278,7 @@ def read_spec(folder: str | Path) -> Skill:
     if not isinstance(spec, dict):
         raise ValueError(f"{path}: expected a mapping of settings, got {type(spec).__name__}")
     return Skill(
-        spec.get("name", folder.name),
+        check_skill_name(spec.get("name", folder.name), f"{path}: name" if "name" in spec else str(folder)),
         spec.get("description", ""),
         spec.get("scorer", "short_answer"),
         int(spec.get("max_new_tokens", 256)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import sys
@@ -15,9 +16,11 @@ import dagster as dg
 from pipelines.skill_chain import Parent
 from sdft_core.config import TrainConfig
 from sdft_core.lineage import dvc_dir_md5, tracked_md5
+from sdft_core.names import RULE, check_skill_name, is_skill_name
 
 DEFAULT_MODEL = TrainConfig.model  # the embedded SmolLM2-135M-Instruct, without importing torch here
 
+log = logging.getLogger(__name__)
 DEMONSTRATION_FILES = ("demonstrations.jsonl", "demonstrations.parquet")
 
 
@@ -29,13 +32,18 @@ class SkillData(dg.ConfigurableResource):
     work_dir: str = ".sdft/work"
 
     def skills(self) -> list[str]:
+        """The skill folders with demonstrations; a folder whose name is not a skill name is left out, saying so."""
         skills_dir = Path(self.root) / "skills"
         if not skills_dir.is_dir():
             return []
-        return sorted(p.name for p in skills_dir.iterdir() if _has_demonstrations(p))
+        found = [p for p in skills_dir.iterdir() if _has_demonstrations(p)]
+        for folder in found:
+            if not is_skill_name(folder.name):
+                log.warning("%s: skill name %r is refused (a skill name is %s)", folder, folder.name, RULE)
+        return sorted(p.name for p in found if is_skill_name(p.name))
 
     def folder(self, skill: str) -> Path:
-        folder = Path(self.root) / "skills" / skill
+        folder = Path(self.root) / "skills" / check_skill_name(skill, "partition key")
         if not _has_demonstrations(folder):
             raise FileNotFoundError(f"skill {skill!r}: no {' or '.join(DEMONSTRATION_FILES)} in {folder}")
         return folder
