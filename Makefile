@@ -43,7 +43,7 @@ ui: $(INSTALLED) ## Dagster webserver + daemon on http://127.0.0.1:3000, MLflow 
 	PATH="$(BIN):$$PATH" $(BIN)/sdft-pipeline ui
 
 mlflow-ui: $(INSTALLED) ## MLflow UI (runs, registry) on http://127.0.0.1:5000
-	$(BIN)/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}" --host 127.0.0.1 --port 5000
+	MLFLOW_BACKEND_STORE_URI="$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}" $(BIN)/mlflow ui --host 127.0.0.1 --port 5000
 
 lint: $(INSTALLED) ## what CI and the pre-commit hook check: ruff's lint rules and formatting
 	$(VENV)/bin/ruff check sdft_core pipelines tests benchmarks experiments

@@ -28,4 +28,8 @@ COPY .dvc ./.dvc
 COPY data.dvc dvc.yaml params.yaml Makefile ./
 ARG GIT_COMMIT=unknown
 ENV SDFT_GIT_COMMIT=$GIT_COMMIT SDFT_CACHE_DIR=/app/.sdft/cache HF_HUB_OFFLINE=1
+# Not root: the state and artifact folders belong to an unprivileged user, and named volumes mounted there start
+# with that ownership.
+RUN useradd --create-home --uid 10001 sdft && mkdir -p /app/.sdft /artifacts && chown sdft:sdft /app/.sdft /artifacts
+USER sdft
 CMD ["sdft", "--help"]

@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from pipelines.dagster_home import dagster_home
+from pipelines.mlflow_logging import printable_uri
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _print_uis(home: Path, registry) -> None:
     print(f"""
-Dagster and MLflow UIs: DAGSTER_HOME={home} MLFLOW_TRACKING_URI={registry.tracking_uri} make ui
+Dagster and MLflow UIs: DAGSTER_HOME={home} MLFLOW_TRACKING_URI={printable_uri(registry.tracking_uri)} make ui
 """)
 
 

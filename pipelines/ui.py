@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 from pipelines.dagster_home import dagster_home
+from pipelines.mlflow_logging import printable_uri
 
 GRACE_S = 15.0
 
@@ -32,7 +33,7 @@ load_from:
 """
 
 
-def commands(home: Path, tracking_uri: str, dagster_port: int, mlflow_port: int) -> dict[str, list[str]]:
+def commands(home: Path, dagster_port: int, mlflow_port: int) -> dict[str, list[str]]:
     bin_dir = Path(sys.executable).parent
     workspace = home / "workspace.yaml"
     workspace.write_text(WORKSPACE.format(project=PROJECT))
@@ -47,11 +48,9 @@ def commands(home: Path, tracking_uri: str, dagster_port: int, mlflow_port: int)
             *location,
         ],
         "dagster-daemon": [str(bin_dir / "dagster-daemon"), "run", *location],
-        "mlflow": [
+        "mlflow": [  # the backend store comes from MLFLOW_BACKEND_STORE_URI: no credentials on a command line
             str(bin_dir / "mlflow"),
             "ui",
-            "--backend-store-uri",
-            tracking_uri,
             "--host",
             "127.0.0.1",
             "--port",
@@ -136,8 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, interrupted)
     signal.signal(signal.SIGINT, interrupted)
     try:
-        for name, command in commands(home, tracking_uri, args.dagster_port, args.mlflow_port).items():
-            processes[name] = subprocess.Popen(command, start_new_session=True)
+        for name, command in commands(home, args.dagster_port, args.mlflow_port).items():
+            environment = os.environ | {"MLFLOW_BACKEND_STORE_URI": tracking_uri}
+            processes[name] = subprocess.Popen(command, start_new_session=True, env=environment)
             print(f"started {name} (pid {processes[name].pid})", flush=True)
         deadline = time.monotonic() + args.timeout
         pending = {"Dagster": f"{dagster_url}/server_info", "MLflow": f"{mlflow_url}/health"}
@@ -152,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             time.sleep(0.5)
         print(
-            f"\nDagster UI: {dagster_url}  (DAGSTER_HOME={home})\nMLflow UI:  {mlflow_url}  ({tracking_uri})\n"
-            "Ctrl-C stops both.",
+            f"\nDagster UI: {dagster_url}  (DAGSTER_HOME={home})\n"
+            f"MLflow UI:  {mlflow_url}  ({printable_uri(tracking_uri)})\nCtrl-C stops both.",
             flush=True,
         )
         while True:

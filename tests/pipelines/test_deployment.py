@@ -50,7 +50,8 @@ def test_compose_file_runs_postgres_mlflow_and_dagster_on_our_images_published_o
     assert environment["DAGSTER_PG_HOST"] == "postgres" and environment["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     mlflow_command = services["mlflow"]["command"]
     assert "--serve-artifacts" in mlflow_command
-    assert mlflow_command[mlflow_command.index("--backend-store-uri") + 1].endswith("@postgres:5432/mlflow")
+    assert services["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"].endswith("@postgres:5432/mlflow")
+    assert not any("@" in str(part) or "PASSWORD" in str(part) for part in mlflow_command)  # none in `ps`
     assert "CREATE DATABASE mlflow" in (DOCKER / "postgres-init.sql").read_text()
     # the daemon launches the runs, so it holds the GPUs and the artifact volume
     devices = services["dagster-daemon"]["deploy"]["resources"]["reservations"]["devices"]
@@ -58,6 +59,19 @@ def test_compose_file_runs_postgres_mlflow_and_dagster_on_our_images_published_o
     assert all("artifacts:/artifacts" in services[n]["volumes"] for n in ("mlflow", "dagster-daemon"))
     if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
         subprocess.run(["docker", "compose", "-f", str(DOCKER / "docker-compose.yml"), "config", "-q"], check=True)
+
+
+def test_the_stack_has_no_default_password_and_its_images_do_not_run_as_root():
+    text = (DOCKER / "docker-compose.yml").read_text()
+    uses = re.findall(r"\$\{POSTGRES_PASSWORD([^}]*)\}", text)
+    assert len(uses) == 3 and all(use.startswith(":?") for use in uses)  # required: compose refuses to start without
+    example = dict(line.split("=", 1) for line in (DOCKER / ".env.example").read_text().splitlines() if "=" in line)
+    assert example["POSTGRES_PASSWORD"] == ""  # a template, not a password
+    assert "docker/.env" in (ROOT / ".gitignore").read_text().splitlines()
+    train = (DOCKER / "train.Dockerfile").read_text()
+    user = re.findall(r"^USER\s+(\S+)", train, re.M)
+    assert user and user[-1] not in ("root", "0")
+    assert "USER" not in (DOCKER / "dagster.Dockerfile").read_text()  # built on the training image: its user
 
 
 @pytest.mark.parametrize("dockerfile", ["train.Dockerfile", "dagster.Dockerfile"])
