@@ -197,7 +197,7 @@ def teacher_contexts(
     }
     settings = config.model_dump()
     sample = settings.pop("teacher_check_sample")
-    prompts = PromptConfig(**(settings | skill_prompts))
+    prompts = PromptConfig.from_dict(settings | skill_prompts)  # typed: skill.yaml values may be text
     records = read_demonstrations(curated.train_path).accepted
     tokenizer = load_tokenizer(parent.model)
     rows, refused = teacher_context_rows(records, tokenizer, prompts)
