@@ -201,7 +201,7 @@ def _assignments(items: list[str]) -> dict:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .records import read_demonstrations
+    from .records import read_demonstrations, write_jsonl
     from .trainer import retain_freed_memory, train
 
     try:
@@ -210,11 +210,19 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     loaded = read_demonstrations(args.data)
+    rejected_file = Path(config.output_dir) / "rejected.jsonl"
+    write_jsonl(rejected_file, [r.to_dict() for r in loaded.rejected])  # every one, whatever happens next
     for rejected in loaded.rejected[:10]:
         print(f"rejected {rejected}", file=sys.stderr)
     if loaded.rejected and args.strict:
         loaded.raise_if_rejected()
     print(f"{len(loaded.accepted)} demonstrations from {args.data} ({len(loaded.rejected)} rejected)", file=sys.stderr)
+    if not loaded.accepted:
+        print(
+            f"error: {args.data}: no valid demonstration to train on; every rejected row and why: {rejected_file}",
+            file=sys.stderr,
+        )
+        return 2
     retain_freed_memory()
     result = train(config, loaded.accepted, rejected=loaded.rejected)
     summary = {
@@ -386,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    from .names import InvalidName
+    from .records import DemonstrationError
+
     commands = {
         "train": run_train,
         "generate": run_generate,
@@ -394,7 +405,11 @@ def main(argv: list[str] | None = None) -> int:
         "eval": run_eval,
         "teacher-check": run_teacher_check,
     }
-    return commands[args.command](args)
+    try:
+        return commands[args.command](args)
+    except (DemonstrationError, FileNotFoundError, InvalidName) as err:  # bad input: one line, no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -6,12 +6,17 @@ answer), optional `context` (source text for knowledge tasks), optional `system`
 line (JSONL) or row (Parquet), the field and the reason.
 
 Reading is in two steps, both public so other readers (curation) can use them: `read_rows` parses a file's rows
-without judging them, and `collect` validates them into a `LoadResult`.
+without judging them, and `collect` validates them into a `LoadResult`. `read_rows` takes only regular files, no
+larger than `ReadLimits` allow, reads JSONL line by line with a bounded line length (so a huge line or file never
+sits in memory whole), skips a UTF-8 byte-order mark and refuses other encodings with one clear error; a line it
+cannot parse (bad JSON, too deep, a number too long, a lone surrogate) becomes a rejected row with its line number.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import stat
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +26,16 @@ ROLES = ("system", "user", "assistant")
 KNOWN_FIELDS = ("id", "prompt", "demonstration", "context", "system")
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 PARQUET_SUFFIXES = (".parquet", ".pq")
+# Characters that print as nothing: a field holding only these (and whitespace) is empty.
+INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """How much one input file may hold; a file or line beyond them is refused while reading, not after."""
+
+    max_file_bytes: int = 2**30  # 1 GiB
+    max_line_bytes: int = 2**22  # 4 MiB: a record with a long context fits, a runaway line does not
 
 
 @dataclass(frozen=True)
@@ -138,9 +153,14 @@ def _non_empty_string(raw: dict, name: str) -> str:
     value = raw[name]
     if not isinstance(value, str):
         raise InvalidRecord(name, f"must be a string, got {type(value).__name__}")
-    if not value.strip():
+    if not is_visible(value):
         raise InvalidRecord(name, "must not be empty")
     return value
+
+
+def is_visible(text: str) -> bool:
+    """Whether the text shows anything: not only whitespace and zero-width characters."""
+    return bool(text.translate(INVISIBLE).strip())
 
 
 def _optional_string(raw: dict, name: str) -> str | None:
@@ -152,7 +172,7 @@ def _optional_string(raw: dict, name: str) -> str | None:
 def validate_prompt(prompt: Any) -> str | tuple[dict[str, str], ...]:
     """A prompt (text, or chat messages ending with a user turn) as the record holds it, or InvalidRecord."""
     if isinstance(prompt, str):
-        if not prompt.strip():
+        if not is_visible(prompt):
             raise InvalidRecord("prompt", "must not be empty")
         return prompt
     if hasattr(prompt, "tolist"):  # numpy arrays from Parquet list columns
@@ -168,7 +188,7 @@ def validate_prompt(prompt: Any) -> str | tuple[dict[str, str], ...]:
         role, content = message["role"], message.get("content")
         if role not in ROLES:
             raise InvalidRecord(f"prompt[{i}].role", f"must be one of {', '.join(ROLES)}, got {role!r}")
-        if not isinstance(content, str) or not content.strip():
+        if not isinstance(content, str) or not is_visible(content):
             raise InvalidRecord(f"prompt[{i}].content", "must be a non-empty string")
         if role == "system" and i != 0:
             raise InvalidRecord(f"prompt[{i}].role", "a system message may only come first")
@@ -178,47 +198,99 @@ def validate_prompt(prompt: Any) -> str | tuple[dict[str, str], ...]:
     return tuple(messages)
 
 
-def read_rows(path: str | Path, kind: str = "demonstrations") -> Iterator[tuple[str, Any, Any]]:
+def read_rows(
+    path: str | Path, kind: str = "demonstrations", limits: ReadLimits = ReadLimits()
+) -> Iterator[tuple[str, Any, Any]]:
     """The rows of a JSONL or Parquet file, parsed but not validated: (location, parsed row, raw row), where a row
-    that cannot be parsed comes back as an InvalidRecord. A missing file (named as a `kind` file) or another type
-    raises at once."""
+    that cannot be parsed comes back as an InvalidRecord. What no row can come from (a missing file, named as a
+    `kind` file; not a regular file; too large; another encoding or type) raises DemonstrationError at once."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{kind} file not found: {path}")
+    mode = os.stat(path).st_mode  # follows a symlink: what is read is what it points to
+    if not stat.S_ISREG(mode):
+        what = "a folder" if stat.S_ISDIR(mode) else "a pipe" if stat.S_ISFIFO(mode) else "a device or socket"
+        raise DemonstrationError(f"{path}: {what}, not a regular file")
+    size = os.stat(path).st_size
+    if size > limits.max_file_bytes:
+        raise DemonstrationError(f"{path}: {size} bytes, more than the limit of {limits.max_file_bytes} per file")
     suffix = path.suffix.lower()
     if suffix in JSONL_SUFFIXES:
-        return _jsonl_rows(path)
+        _check_encoding(path)
+        return _jsonl_rows(path, limits.max_line_bytes)
     if suffix in PARQUET_SUFFIXES:
         return _parquet_rows(path)
     raise DemonstrationError(f"{path}: unsupported file type {suffix!r}; use .jsonl or .parquet")
 
 
-def _jsonl_rows(path: Path) -> Iterator[tuple[str, Any, Any]]:
-    """(location, parsed row, raw text) for each non-blank line."""
+def _check_encoding(path: Path) -> None:
+    """Refuse, naming the file, what the line reader would misread: UTF-16/32 and CR-only line endings."""
     with path.open("rb") as handle:
-        for number, line in enumerate(handle, start=1):
+        head = handle.read(1 << 16)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in head:
+        raise DemonstrationError(f"{path}: UTF-16 or UTF-32 text (or binary data); save it as UTF-8")
+    if b"\r" in head and b"\n" not in head and len(head) > head.index(b"\r") + 1:
+        raise DemonstrationError(f"{path}: lines end with CR only (old Mac style); convert them to LF or CRLF")
+
+
+def _jsonl_rows(path: Path, max_line_bytes: int) -> Iterator[tuple[str, Any, Any]]:
+    """(location, parsed row, raw text) for each non-blank line; a line longer than the limit is not kept."""
+    with path.open("rb") as handle:
+        number = 0
+        while line := handle.readline(max_line_bytes + 1):
+            number += 1
+            if len(line) > max_line_bytes and not line.endswith(b"\n"):
+                while (rest := handle.readline(1 << 20)) and not rest.endswith(b"\n"):
+                    pass  # the rest of the line, read and dropped
+                reason = f"line longer than the limit of {max_line_bytes} bytes"
+                yield f"line {number}", InvalidRecord(None, reason), line[:200].decode("utf-8", "replace") + "..."
+                continue
+            if number == 1 and line.startswith(b"\xef\xbb\xbf"):
+                line = line[3:]  # a UTF-8 byte-order mark, as some editors write
             line = line.rstrip(b"\r\n")
             if not line.strip():
                 continue
-            try:
-                text = line.decode("utf-8")
-            except UnicodeDecodeError as err:
-                invalid = InvalidRecord(None, f"not valid UTF-8 (byte {err.start}: {err.reason})")
-                yield f"line {number}", invalid, line.decode("utf-8", errors="replace")
-                continue
-            try:
-                yield f"line {number}", json.loads(text), text
-            except json.JSONDecodeError as err:
-                yield f"line {number}", InvalidRecord(None, f"invalid JSON: {err.msg} at column {err.colno}"), text
+            yield f"line {number}", *_parsed(line)
+
+
+def _parsed(line: bytes) -> tuple[Any, str]:
+    """(the parsed row, or an InvalidRecord saying why not; the line as text)."""
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return InvalidRecord(None, f"not valid UTF-8 (byte {err.start}: {err.reason})"), line.decode("utf-8", "replace")
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as err:
+        return InvalidRecord(None, f"invalid JSON: {err.msg} at column {err.colno}"), text
+    except RecursionError:
+        return InvalidRecord(None, "JSON nested too deeply"), text[:200] + "..."
+    except ValueError as err:  # e.g. an integer of more digits than Python converts
+        return InvalidRecord(None, f"invalid JSON: {err}"), text[:200] + "..."
+    try:
+        json.dumps(parsed, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as err:  # "\ud800" parses, but no UTF-8 output can hold it
+        return InvalidRecord(None, f"a lone surrogate {err.object[err.start]!r} (\\u escape of half a pair)"), text
+    except RecursionError:
+        return InvalidRecord(None, "JSON nested too deeply"), text[:200] + "..."
+    return parsed, text
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[str, Any, Any]]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
-    for number, row in enumerate(table.to_pylist(), start=1):
-        row = {k: v for k, v in row.items() if v is not None}
-        yield f"row {number}", row, row
+    try:  # here, not on the first row: a file no row can come from raises at once
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as err:
+        raise DemonstrationError(f"{path}: not a readable Parquet file ({err})") from None
+
+    def rows() -> Iterator[tuple[str, Any, Any]]:
+        for number, row in enumerate(table.to_pylist(), start=1):
+            row = {k: v for k, v in row.items() if v is not None}
+            yield f"row {number}", row, row
+
+    return rows()
 
 
 def read_demonstrations(path: str | Path) -> LoadResult:
