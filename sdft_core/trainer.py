@@ -468,12 +468,21 @@ class Trainer:
             "learning_rate": lr,
             "completion_tokens_mean": generated / num_rows,
             "eos_fraction": ended / num_rows,
+            "loss_tokens_per_row": loss_tokens / num_rows,
             "step_seconds": time.perf_counter() - started,
         }
         for phase in PHASES:
             metrics[f"time_{phase}"] = timings.get(phase, 0.0)
         if sdft:
             metrics["generated_tokens_per_s"] = generated / max(timings["generation"], 1e-9)
+            if loss_tokens == 0:  # measured: SDFT at a high rate learned to answer with EOS and stayed there
+                log.warning(
+                    "step %d: no completion token carries loss: every sample is at most loss.skip_first_tokens=%d "
+                    "tokens long, so this step changes nothing, and a student that answers this briefly stays so; "
+                    "lower the learning rate or set loss.skip_first_tokens=0",
+                    self.step,
+                    self.config.loss.skip_first_tokens,
+                )
         return metrics
 
     # ----------------------------------------------------------------------------------------------- run

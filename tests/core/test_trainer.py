@@ -121,6 +121,20 @@ def test_a_fresh_start_in_a_used_directory_logs_only_its_own_steps(peaky_model_d
     assert [m["step"] for m in metrics] == [1, 2, 3]
 
 
+def test_a_step_whose_samples_all_end_inside_the_loss_mask_warns(peaky_model_dir, records, tmp_path, caplog):
+    """Measured in the study: SDFT at a high rate learned to answer with EOS at once; with the first 3 tokens out
+    of the loss such a step has no loss token, changes nothing, and the student stays there. Say so."""
+    trainer = Trainer(config(peaky_model_dir, tmp_path), records)
+    normal = trainer.train_step()
+    assert normal["loss_tokens_per_row"] > 0
+    eos = trainer.tokenizer.eos_token_id
+    trainer.generate = lambda rows, trainable_prompt_pass=False: ([[eos] for _ in rows], None)
+    with caplog.at_level("WARNING", logger="sdft_core.trainer"):
+        collapsed = trainer.train_step()
+    assert collapsed["loss_tokens_per_row"] == 0 and collapsed["loss"] == 0
+    assert "step 2: no completion token carries loss" in caplog.text and "skip_first_tokens=3" in caplog.text
+
+
 def test_learning_rate_schedule():
     multiplier = cosine_with_warmup(total_steps=10, warmup_steps=2, min_ratio=0.1)
     values = [multiplier(s) for s in range(10)]
