@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from .config import TrainConfig, with_overrides
 from .evaluation import sources
 from .evaluation.scoring import LETTERS, format_call, normalize_text
 from .evaluation.tasks import PRIOR_SUITE, task_items
@@ -39,6 +40,10 @@ from .names import check_skill_name
 from .records import read_jsonl, write_jsonl
 
 SPLITS = ("demonstrations", "validation", "eval")
+TASK_TYPES = ("qa", "tool_use", "knowledge", "open")
+SCORERS = ("choice_letter", "number", "short_answer", "function_call", "instructions")  # suite.score_answer's
+SPEC_KEYS = ("name", "description", "task_type", "scorer", "max_new_tokens", "source", "training", "counts")
+MAX_SPEC_BYTES = 64 * 1024  # a skill.yaml is a page of settings
 
 
 @dataclass
@@ -271,22 +276,58 @@ def write_skill(skill: Skill, root: str | Path) -> Path:
 
 
 def read_spec(folder: str | Path) -> Skill:
-    """A skill folder's skill.yaml as a Skill without records (defaults for whatever it leaves out)."""
+    """A skill folder's skill.yaml as a Skill without records (defaults for whatever it leaves out). The file is
+    read defensively, since it arrives with the data: at most MAX_SPEC_BYTES, no YAML anchors or aliases (an alias
+    bomb expands a few lines into gigabytes), known keys only, and every value checked by type, the file and key
+    named in the error."""
     folder = Path(folder)
     path = folder / "skill.yaml"
-    spec = (yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
-    if not isinstance(spec, dict):
-        raise ValueError(f"{path}: expected a mapping of settings, got {type(spec).__name__}")
+    spec = _safe_yaml(path) if path.exists() else {}
+
+    def value(key: str, kind: type | tuple[type, ...], default: Any, allowed: tuple = ()) -> Any:
+        got = spec.get(key, default)
+        if not isinstance(got, kind) or isinstance(got, bool) and kind is not bool or allowed and got not in allowed:
+            expected = f"one of {', '.join(allowed)}" if allowed else getattr(kind, "__name__", str(kind))
+            raise ValueError(f"{path}: {key}: expected {expected}, got {got!r}")
+        return got
+
+    unknown = set(spec) - set(SPEC_KEYS)
+    if unknown:
+        raise ValueError(
+            f"{path}: unknown key(s) {', '.join(sorted(map(str, unknown)))} (known: {', '.join(SPEC_KEYS)})"
+        )
+    max_new_tokens = value("max_new_tokens", int, 256)
+    if max_new_tokens < 1:
+        raise ValueError(f"{path}: max_new_tokens: expected at least 1, got {max_new_tokens}")
+    training = value("training", dict, {}) or {}
+    try:  # typed and checked as the trainer will read them; only the settings as written are kept
+        with_overrides(TrainConfig(), training)
+    except ValueError as err:
+        raise ValueError(f"{path}: training: {err}") from None
     return Skill(
         check_skill_name(spec.get("name", folder.name), f"{path}: name" if "name" in spec else str(folder)),
-        spec.get("description", ""),
-        spec.get("scorer", "short_answer"),
-        int(spec.get("max_new_tokens", 256)),
-        spec.get("source", "user"),
-        spec.get("training") or {},
+        value("description", str, ""),
+        value("scorer", str, "short_answer", SCORERS),
+        max_new_tokens,
+        value("source", str, "user"),
+        training,
         {},
-        spec.get("task_type", "open"),
+        value("task_type", str, "open", TASK_TYPES),
     )
+
+
+def _safe_yaml(path: Path) -> dict[str, Any]:
+    size = path.stat().st_size
+    if size > MAX_SPEC_BYTES:
+        raise ValueError(f"{path}: {size} bytes, more than the limit of {MAX_SPEC_BYTES} for a skill.yaml")
+    text = path.read_text(encoding="utf-8")
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):  # events: nothing is expanded yet
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise ValueError(f"{path}: YAML anchors and aliases are not allowed in a skill.yaml")
+    spec = yaml.safe_load(text) or {}
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path}: expected a mapping of settings, got {type(spec).__name__}")
+    return spec
 
 
 def read_skill(folder: str | Path) -> Skill:

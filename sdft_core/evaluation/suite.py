@@ -94,16 +94,19 @@ def score_answer(scorer: str, answer: str, record: Mapping[str, Any]) -> dict[st
     """Score one free-form answer; the result always has `correct` (the primary metric, 0 or 1)."""
     if scorer == "choice_letter":
         letter = scoring.extract_choice_letter(answer, record.get("choices"))
-        return {"extracted": letter, "gold": record["answer"], "correct": float(letter == record["answer"])}
+        gold = _gold(record, "answer", scorer)
+        return {"extracted": letter, "gold": gold, "correct": float(letter == gold)}
     if scorer == "number":
         number = scoring.extract_number(answer)
-        gold = float(record["answer"])
+        gold = float(_gold(record, "answer", scorer))
         return {"extracted": number, "gold": gold, "correct": float(number is not None and abs(number - gold) < 1e-6)}
     if scorer == "short_answer":
-        result = scoring.short_answer(answer, record["answers"])
-        return result | {"gold": record["answers"], "correct": result["contains"]}
+        # a training record without `answers` (as users write them) is scored against its own demonstration
+        golds = record.get("answers") or ([record["demonstration"]] if record.get("demonstration") else None)
+        result = scoring.short_answer(answer, golds if golds is not None else _gold(record, "answers", scorer))
+        return result | {"gold": golds, "correct": result["contains"]}
     if scorer == "function_call":
-        ok, reason = scoring.match_function_call(answer, record["possible_answer"])
+        ok, reason = scoring.match_function_call(answer, _gold(record, "possible_answer", scorer))
         return {"reason": reason, "correct": float(ok)}
     if scorer == "instructions":
         from .ifbench import follows_instructions
@@ -115,6 +118,12 @@ def score_answer(scorer: str, answer: str, record: Mapping[str, Any]) -> dict[st
             "correct": float(all(followed)),
         }
     raise ValueError(f"unknown scorer {scorer!r}")
+
+
+def _gold(record: Mapping[str, Any], name: str, scorer: str) -> Any:
+    if record.get(name) is None:
+        raise ValueError(f"record {record.get('id')!r} has no {name!r}, which the {scorer} scorer needs")
+    return record[name]
 
 
 def _result(task: str, metric: str, predictions: list[dict], seconds: float) -> TaskResult:

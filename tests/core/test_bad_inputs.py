@@ -7,6 +7,7 @@ names the file. Never a traceback from deep inside, a hang, or memory spent on a
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -225,3 +226,68 @@ def test_sdft_train_refuses_a_bad_file_in_one_line(tmp_path, make):
     done = sdft("train", "--data", str(path), "--output", "run", cwd=tmp_path)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith(f"error: {path}:")
+
+
+# ------------------------------------------------------------------------------------------------ skill.yaml
+SPEC_CASES = [
+    ("alias bomb", 'a: &a ["x", "x"]\nb: &b [*a, *a]\nc: [*b, *b]\n', "anchors and aliases are not allowed"),
+    ("unknown key", "scorer: short_answer\nlearning_rate: 1e-3\n", "unknown key(s) learning_rate"),
+    ("unknown scorer", "scorer: exact\n", "scorer: expected one of choice_letter"),
+    ("text budget", 'max_new_tokens: "256"\n', "max_new_tokens: expected int, got '256'"),
+    ("zero budget", "max_new_tokens: 0\n", "max_new_tokens: expected at least 1"),
+    ("boolean budget", "max_new_tokens: true\n", "max_new_tokens: expected int"),
+    ("unknown task type", "task_type: chat\n", "task_type: expected one of qa"),
+    ("training not a mapping", "training: [1, 2]\n", "training: expected dict"),
+    ("training value", "training:\n  learning_rate: fast\n", "learning_rate must be a number, got 'fast'"),
+    ("training key", "training:\n  loss.nope: 1\n", "training:"),
+    ("not a mapping", "- a\n- b\n", "expected a mapping of settings"),
+    ("name with a path", "name: ../x\n", "skill name '../x' is refused"),
+]
+
+
+@pytest.mark.parametrize("case,text,error", SPEC_CASES, ids=[c[0] for c in SPEC_CASES])
+def test_a_bad_skill_yaml_is_one_error_naming_the_file_and_key(tmp_path, case, text, error):
+    from sdft_core.skills import read_spec
+
+    (tmp_path / "skill.yaml").write_text(text)
+    with pytest.raises(ValueError, match=re.escape(error)) as raised:
+        read_spec(tmp_path)
+    assert str(tmp_path / "skill.yaml") in str(raised.value)
+
+
+def test_a_huge_skill_yaml_is_refused_unread(tmp_path):
+    from sdft_core.skills import read_spec
+
+    (tmp_path / "skill.yaml").write_text("description: " + "x" * 100_000 + "\n")
+    with pytest.raises(ValueError, match="more than the limit of 65536 for a skill.yaml"):
+        read_spec(tmp_path)
+
+
+def test_text_numbers_in_training_settings_are_read_by_type(tmp_path):
+    from sdft_core.skills import read_spec
+
+    (tmp_path / "skill.yaml").write_text("training:\n  learning_rate: '1e-3'\n  loss.skip_first_tokens: 0\n")
+    assert read_spec(tmp_path).training == {"learning_rate": "1e-3", "loss.skip_first_tokens": 0}
+
+
+def test_the_readmes_add_a_skill_example_works_as_written(tmp_path):
+    """The README's skill.yaml, with demonstrations as it describes them (no `answers`): the spec reads, and the
+    teacher check's scoring of a training record works (it used to fail with KeyError: 'answers')."""
+    from pathlib import Path
+
+    from sdft_core.evaluation.suite import score_answer
+    from sdft_core.skills import read_spec
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = re.search(r"cat > data/skills/sql/skill.yaml <<'YAML'\n(.*?)\nYAML\n", readme, re.S)
+    assert example, "the README's Add a skill example moved: update this test"
+    folder = tmp_path / "sql"
+    folder.mkdir()
+    (folder / "skill.yaml").write_text(example.group(1) + "\n")
+    spec = read_spec(folder)
+    assert (spec.name, spec.scorer) == ("sql", "short_answer")
+    record = {"id": 1, "prompt": "All users?", "demonstration": "SELECT * FROM users"}
+    assert score_answer(spec.scorer, "Here: SELECT * FROM users;", record)["correct"] == 1.0
+    assert score_answer(spec.scorer, "DROP TABLE users", record)["correct"] == 0.0
+    with pytest.raises(ValueError, match="record 1 has no 'answer', which the choice_letter scorer needs"):
+        score_answer("choice_letter", "B", record)
