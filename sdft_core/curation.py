@@ -136,10 +136,14 @@ class CurationResult:
 
 
 def curate(
-    demonstrations_path: str | Path, eval_path: str | Path | None = None, config: CurationConfig | None = None
+    demonstrations_path: str | Path,
+    eval_path: str | Path | None = None,
+    config: CurationConfig | None = None,
+    within: str | Path | None = None,
 ) -> CurationResult:
+    """`within`: the folder the files (or the files their links point to) must be in; None: anywhere."""
     config = config or CurationConfig()
-    rows = _read_located(Path(demonstrations_path))
+    rows = _read_located(Path(demonstrations_path), within)
     rejected = [_as_rejection(r) for r in rows.invalid]
     kept = rows.accepted
     for rule in (_length_rule, _exact_duplicate_rule, _near_duplicate_rule):
@@ -147,7 +151,7 @@ def curate(
         rejected += [rows.reject(row, *why) for row, why in dropped]
 
     if eval_path is not None:
-        (eval_rows, eval_questions), eval_source = _read_eval(Path(eval_path)), Path(eval_path).name
+        (eval_rows, eval_questions), eval_source = _read_eval(Path(eval_path), within), Path(eval_path).name
         train = kept
     else:
         eval_source, train, held_out = "split", [], []
@@ -163,17 +167,22 @@ def curate(
     return CurationResult([row.record for row in train], eval_rows, rejected, len(rows.order), eval_source)
 
 
-def curate_skill(folder: str | Path, config: CurationConfig | None = None) -> CurationResult:
-    """A skill folder: demonstrations.jsonl (or .parquet), and eval.jsonl when it has rows (else a hash split)."""
+def curate_skill(
+    folder: str | Path, config: CurationConfig | None = None, within: str | Path | None = None
+) -> CurationResult:
+    """A skill folder: demonstrations.jsonl (or .parquet), and eval.jsonl when it has rows (else a hash split).
+    Its files may be links, but only to files inside `within` (default: the folder itself; the pipeline passes
+    its data folder)."""
     folder = Path(folder)
+    within = folder if within is None else Path(within)
     candidates = [p for p in (folder / "demonstrations.jsonl", folder / "demonstrations.parquet") if p.exists()]
     if len(candidates) != 1:
         found = "both demonstrations.jsonl and .parquet" if candidates else "no demonstrations.jsonl or .parquet"
         raise FileNotFoundError(f"{folder}: {found}")
     eval_path = folder / "eval.jsonl"
     # write_skill always writes eval.jsonl; an empty one means the skill brought no eval set, so split instead.
-    has_eval = eval_path.exists() and any(line.strip() for line in eval_path.read_bytes().splitlines())
-    return curate(candidates[0], eval_path if has_eval else None, config)
+    has_eval = eval_path.exists() and any(True for _ in read_rows(eval_path, kind="eval", within=within))
+    return curate(candidates[0], eval_path if has_eval else None, config, within=within)
 
 
 # ------------------------------------------------------------------------------------------- reading
@@ -195,9 +204,9 @@ class _LocatedRows:
         return CurationRejection(self.source, row.location, field_name, reason, self.raw[row.location], category)
 
 
-def _read_located(path: Path) -> _LocatedRows:
+def _read_located(path: Path, within: str | Path | None = None) -> _LocatedRows:
     """`read_demonstrations`, keeping where each accepted record came from, which later rejections name."""
-    rows = read_rows(path)  # raises for a missing file or an unsupported type
+    rows = read_rows(path, within=within)  # raises for a file no row can come from
     order: dict[str, int] = {}
     raw: dict[str, Any] = {}
 
@@ -214,12 +223,12 @@ def _read_located(path: Path) -> _LocatedRows:
     )
 
 
-def _read_eval(path: Path) -> tuple[list[dict], dict[str, str]]:
+def _read_eval(path: Path, within: str | Path | None = None) -> tuple[list[dict], dict[str, str]]:
     """The eval rows as read, and {question key: where it is asked}; a bad row raises, naming file and line."""
     if path.suffix.lower() not in JSONL_SUFFIXES:
         raise ValueError(f"{path}: an eval file must be JSONL")
     rows, questions = [], {}
-    for location, parsed, _ in read_rows(path, kind="eval"):
+    for location, parsed, _ in read_rows(path, kind="eval", within=within):
         try:
             if isinstance(parsed, InvalidRecord):
                 raise parsed

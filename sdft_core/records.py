@@ -199,14 +199,17 @@ def validate_prompt(prompt: Any) -> str | tuple[dict[str, str], ...]:
 
 
 def read_rows(
-    path: str | Path, kind: str = "demonstrations", limits: ReadLimits = ReadLimits()
+    path: str | Path, kind: str = "demonstrations", limits: ReadLimits = ReadLimits(), within: str | Path | None = None
 ) -> Iterator[tuple[str, Any, Any]]:
     """The rows of a JSONL or Parquet file, parsed but not validated: (location, parsed row, raw row), where a row
     that cannot be parsed comes back as an InvalidRecord. What no row can come from (a missing file, named as a
-    `kind` file; not a regular file; too large; another encoding or type) raises DemonstrationError at once."""
+    `kind` file; not a regular file; a link out of `within`; too large; another encoding or type) raises
+    DemonstrationError at once."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{kind} file not found: {path}")
+    if within is not None and not path.resolve().is_relative_to(Path(within).resolve()):
+        raise DemonstrationError(f"{path}: a link to {path.resolve()}, outside {within}, is not read")
     mode = os.stat(path).st_mode  # follows a symlink: what is read is what it points to
     if not stat.S_ISREG(mode):
         what = "a folder" if stat.S_ISDIR(mode) else "a pipe" if stat.S_ISFIFO(mode) else "a device or socket"

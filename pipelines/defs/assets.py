@@ -116,7 +116,7 @@ def curated_demonstrations(
 ):
     """Valid, deduplicated, length-limited demonstrations and the eval split; rejected rows are quarantined."""
     snapshot, settings = demonstrations, to_dataclass(CurationConfig, config)
-    result = curate_skill(snapshot.folder, settings)
+    result = curate_skill(snapshot.folder, settings, within=skill_data.root)  # links may point within data/
     out = save_curated(result, snapshot.folder, skill_data.work(snapshot.skill, snapshot.skill_md5[:12], "curated"))
     curated = CuratedSkill(snapshot, read_spec(snapshot.folder), str(out / "train.jsonl"), str(out / "eval.jsonl"))
     quarantine = str(out / "rejected.parquet")

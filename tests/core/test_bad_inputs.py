@@ -291,3 +291,35 @@ def test_the_readmes_add_a_skill_example_works_as_written(tmp_path):
     assert score_answer(spec.scorer, "DROP TABLE users", record)["correct"] == 0.0
     with pytest.raises(ValueError, match="record 1 has no 'answer', which the choice_letter scorer needs"):
         score_answer("choice_letter", "B", record)
+
+
+# ------------------------------------------------------------------------------------------------ skill folders
+def test_a_skill_folders_links_must_stay_inside_its_data_folder(tmp_path):
+    from sdft_core.curation import curate_skill
+
+    data, outside = tmp_path / "data", tmp_path / "elsewhere"
+    (data / "shared").mkdir(parents=True)
+    outside.mkdir()
+    rows = "\n".join(line(id=f"r{i}", prompt=f"Question number {i}?", demonstration=f"answer {i}") for i in range(20))
+    (data / "shared" / "demos.jsonl").write_text(rows + "\n")
+    (outside / "secret.jsonl").write_text(rows + "\n")
+    inside, escaping = data / "skills" / "sql", data / "skills" / "leak"
+    for folder, target in ((inside, data / "shared" / "demos.jsonl"), (escaping, outside / "secret.jsonl")):
+        folder.mkdir(parents=True)
+        (folder / "demonstrations.jsonl").symlink_to(target)
+    assert curate_skill(inside, within=data).counts()["read"] == 20
+    with pytest.raises(DemonstrationError, match="outside .*data, is not read"):
+        curate_skill(escaping, within=data)
+    with pytest.raises(DemonstrationError, match="outside"):
+        curate_skill(inside)  # by default, a skill folder's links stay inside the folder itself
+
+
+def test_an_eval_file_that_is_a_pipe_is_refused_not_waited_on(tmp_path):
+    from sdft_core.curation import curate_skill
+
+    folder = tmp_path / "sql"
+    folder.mkdir()
+    (folder / "demonstrations.jsonl").write_text(line() + "\n")
+    os.mkfifo(folder / "eval.jsonl")
+    with pytest.raises(DemonstrationError, match="eval.jsonl: a pipe, not a regular file"):
+        curate_skill(folder)
