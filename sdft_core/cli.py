@@ -396,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .names import InvalidName
     from .records import DemonstrationError
+    from .run_lock import RunFolderBusy
 
     commands = {
         "train": run_train,
@@ -407,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         return commands[args.command](args)
-    except (DemonstrationError, FileNotFoundError, InvalidName) as err:  # bad input: one line, no traceback
+    except (DemonstrationError, FileNotFoundError, InvalidName, RunFolderBusy) as err:  # one line, no traceback
         print(f"error: {err}", file=sys.stderr)
         return 2
 

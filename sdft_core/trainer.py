@@ -54,6 +54,7 @@ from .models import (
 from .prompts import PromptTooLongError, encode_completion, encode_record
 from .records import Demonstration, RejectedRecord, write_jsonl
 from .rollout import pad, sample_completions, sample_key
+from .run_lock import run_folder_lock
 from .teacher import Teacher
 
 log = logging.getLogger(__name__)
@@ -487,6 +488,11 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------------- run
     def train(self) -> TrainResult:
+        # the main process holds the run folder; the other processes of the same run share it
+        with run_folder_lock(self.output_dir) if self.accelerator.is_main_process else nullcontext():
+            return self._train()
+
+    def _train(self) -> TrainResult:
         resumed_from = self.resume()
         main = self.accelerator.is_main_process
         info = {

@@ -1,5 +1,6 @@
 import json
 import math
+import os
 import shutil
 
 import pytest
@@ -255,6 +256,23 @@ def test_a_kill_while_the_metrics_log_is_cut_back_leaves_it_whole(peaky_model_di
     monkeypatch.undo()
     checkpoint.truncate_metrics(log, 1)
     assert [json.loads(line)["step"] for line in log.read_text().splitlines()] == [1]
+
+
+def test_a_second_run_in_a_folder_that_is_training_fails_at_once_naming_the_holder(peaky_model_dir, records, tmp_path):
+    import subprocess
+    import sys
+
+    from sdft_core.run_lock import RunFolderBusy, run_folder_lock
+
+    with run_folder_lock(tmp_path):  # a run that is training there
+        with pytest.raises(RunFolderBusy, match=f"pid {os.getpid()} on .* is training in this folder"):
+            train(config(peaky_model_dir, tmp_path, max_steps=1), records)
+    assert not list_checkpoints(tmp_path) and not (tmp_path / "metrics.jsonl").exists()
+    # a holder killed mid-run leaves nothing behind: the operating system drops its lock
+    code = f"from sdft_core.run_lock import run_folder_lock\nwith run_folder_lock({str(tmp_path)!r}):\n    os._exit(9)"
+    code = "import os\n" + code
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 9
+    assert train(config(peaky_model_dir, tmp_path, max_steps=1), records).steps == 1
 
 
 def test_resume_refuses_a_different_config(peaky_model_dir, records, tmp_path):
