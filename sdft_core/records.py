@@ -210,11 +210,11 @@ def read_rows(
         raise FileNotFoundError(f"{kind} file not found: {path}")
     if within is not None and not path.resolve().is_relative_to(Path(within).resolve()):
         raise DemonstrationError(f"{path}: a link to {path.resolve()}, outside {within}, is not read")
-    mode = os.stat(path).st_mode  # follows a symlink: what is read is what it points to
+    status = os.stat(path)  # follows a symlink: what is read is what it points to
+    mode, size = status.st_mode, status.st_size
     if not stat.S_ISREG(mode):
         what = "a folder" if stat.S_ISDIR(mode) else "a pipe" if stat.S_ISFIFO(mode) else "a device or socket"
         raise DemonstrationError(f"{path}: {what}, not a regular file")
-    size = os.stat(path).st_size
     if size > limits.max_file_bytes:
         raise DemonstrationError(f"{path}: {size} bytes, more than the limit of {limits.max_file_bytes} per file")
     suffix = path.suffix.lower()
