@@ -244,7 +244,6 @@ def _teacher_checks(model_spec: str, tokenizer, curated: CuratedSkill, prompts: 
         for name in ("teacher_beats_student", "teacher_signal_on_student_samples"):
             yield dg.AssetCheckResult(check_name=name, passed=True, description="skipped (teacher_check_sample: 0)")
         return
-    from sdft_core.config import LossConfig
     from sdft_core.evaluation.teacher_check import on_policy_check, teacher_check
     from sdft_core.models import load_inference_model
 
@@ -271,7 +270,7 @@ def _teacher_checks(model_spec: str, tokenizer, curated: CuratedSkill, prompts: 
         },
     )
     # The loss mask of the skill's training overrides (else the paper's 3 tokens): the signal must be where the loss is.
-    skip = int(spec.training.get("loss.skip_first_tokens", LossConfig().skip_first_tokens))
+    skip = with_overrides(TrainConfig(), spec.training).loss.skip_first_tokens  # typed, as the trainer reads it
     check = on_policy_check(
         model,
         tokenizer,
