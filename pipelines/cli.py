@@ -19,6 +19,10 @@ import yaml
 
 from pipelines.dagster_home import dagster_home
 from pipelines.mlflow_logging import printable_uri
+from sdft_core.promotion import CHAMPION_MOVED_ON
+
+# how many times `run` trains a skill again because another skill became champion while it trained
+MAX_CHAMPION_MOVES = 3
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,15 +58,23 @@ def run(args: argparse.Namespace) -> int:
     instance = dg.DagsterInstance.get()
     if not instance.has_dynamic_partition(skills.name, args.skill):
         instance.add_dynamic_partitions(skills.name, [args.skill])
-    started = time.perf_counter()
-    result = definitions.resolve_job_def("retrain_skill").execute_in_process(
-        partition_key=args.skill, instance=instance, run_config=run_config, raise_on_error=False
-    )
-    minutes = (time.perf_counter() - started) / 60
-    metadata = {
-        event.asset_key.to_user_string(): event.step_materialization_data.materialization.metadata
-        for event in result.get_asset_materialization_events()
-    }
+    job = definitions.resolve_job_def("retrain_skill")
+    for attempt in range(1, MAX_CHAMPION_MOVES + 2):
+        started = time.perf_counter()
+        result = job.execute_in_process(
+            partition_key=args.skill, instance=instance, run_config=run_config, raise_on_error=False
+        )
+        minutes = (time.perf_counter() - started) / 60
+        metadata = {
+            event.asset_key.to_user_string(): event.step_materialization_data.materialization.metadata
+            for event in result.get_asset_materialization_events()
+        }
+        registered = metadata.get("registered_model", {})
+        moved_on = "outcome_code" in registered and registered["outcome_code"].value == CHAMPION_MOVED_ON
+        if not moved_on or attempt > MAX_CHAMPION_MOVES:
+            break
+        # another skill became champion while this one trained: train it again from the new champion
+        print(f"\n{registered['outcome'].value}\nretraining {args.skill} from the new champion ({attempt})")
     print(
         f"\nDagster run {result.run_id}: {'SUCCESS' if result.success else 'FAILURE'} in {minutes:.1f} min "
         f"(instance {home})"

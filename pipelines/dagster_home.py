@@ -8,12 +8,27 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-DAGSTER_YAML = """\
-# Written by sdft-pipeline. Runs launched from the UI start at once (no daemon needed); sensors and
-# schedules still need the daemon (`make ui` runs dagster-daemon beside dagster-webserver).
+HEADER = "# Written by sdft-pipeline"
+DAGSTER_YAML = f"""\
+{HEADER} (and rewritten by it while this line is here: delete the line to keep your own edits).
+# Runs launched from the UI are queued; the daemon starts them and runs the sensors and schedules (`make ui` runs
+# dagster-daemon beside dagster-webserver). `sdft-pipeline run` runs the chain in its own process.
 run_coordinator:
   module: dagster.core.run_coordinator
-  class: DefaultRunCoordinator
+  class: QueuedRunCoordinator
+concurrency:
+  runs:
+    max_concurrent_runs: 4
+    # never two runs of one skill at once (they would share its run folder; the trainer's lock is the second line)
+    tag_concurrency_limits:
+      - key: dagster/partition
+        value:
+          applyLimitPerUniqueValue: true
+        limit: 1
+  pools:
+    # sdft_compute: one step at a time loads a model (the machine's CPUs or GPUs are shared);
+    # sdft_registry: one registration at a time reads the champion and moves it (a compare-and-set)
+    default_limit: 1
 telemetry:
   enabled: false
 # sdft_core's own log lines (e.g. preparing the embedded model) go to the run's log too
@@ -25,11 +40,13 @@ python_logs:
 
 
 def dagster_home() -> Path:
-    """$DAGSTER_HOME, or .sdft/dagster (created with a daemon-free run coordinator)."""
+    """$DAGSTER_HOME, or .sdft/dagster; its dagster.yaml is written when missing, and rewritten when an older
+    sdft-pipeline wrote it (a file without the header is the user's own and is left alone)."""
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(".sdft/dagster").resolve())))
     home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():
-        (home / "dagster.yaml").write_text(DAGSTER_YAML)
+    config = home / "dagster.yaml"
+    if not config.exists() or (config.read_text().startswith(HEADER) and config.read_text() != DAGSTER_YAML):
+        config.write_text(DAGSTER_YAML)
     (home / ".nux").mkdir(exist_ok=True)
     (home / ".nux" / "nux.yaml").touch()  # the UI's community pop-up otherwise covers the page on first visit
     return home

@@ -59,13 +59,18 @@ def commands(home: Path, dagster_port: int, mlflow_port: int) -> dict[str, list[
     }
 
 
-def create_storage(home: Path) -> None:
-    """Create the instance's tables before the servers start: on a fresh instance the webserver and the daemon
-    would each create the SQLite schedule tables, and one of them fails ("table instigators already exists")."""
+def create_storage(home: Path, tracking_uri: str) -> None:
+    """Create the instance's and the MLflow store's tables before the servers start: on a fresh instance the
+    webserver and the daemon would each create the SQLite schedule tables, and on a fresh MLflow database the
+    server and the daemon's sensor would each migrate it; one of each pair fails ("table ... already exists")."""
     import dagster as dg
 
     with dg.DagsterInstance.from_config(str(home)) as instance:
         instance.run_storage, instance.event_log_storage, instance.schedule_storage  # noqa: B018 - opening creates
+    if tracking_uri.startswith("sqlite:"):
+        from mlflow import MlflowClient
+
+        MlflowClient(tracking_uri=tracking_uri).search_experiments(max_results=1)  # opening migrates
 
 
 def answers(url: str) -> bool:
@@ -124,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     home = dagster_home()
-    create_storage(home)
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db")
+    create_storage(home, tracking_uri)
     dagster_url, mlflow_url = f"http://127.0.0.1:{args.dagster_port}", f"http://127.0.0.1:{args.mlflow_port}"
     processes: dict[str, subprocess.Popen] = {}
 

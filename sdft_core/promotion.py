@@ -138,10 +138,19 @@ def promotion_gate(
     )
 
 
+# What a registration did to the champion; recorded on the version (tag `sdft.outcome`) so that a sensor can find
+# the candidates to retrain.
+PROMOTED = "promoted"
+ALREADY_CHAMPION = "already_champion"
+GATE_FAILED = "gate_failed"
+CHAMPION_MOVED_ON = "champion_moved_on"
+
+
 @dataclass(frozen=True)
 class ChampionOutcome:
     promote: bool  # make the candidate the champion
     summary: str  # what became of the champion, and why
+    code: str  # PROMOTED, ALREADY_CHAMPION, GATE_FAILED or CHAMPION_MOVED_ON
 
 
 def champion_outcome(
@@ -152,15 +161,29 @@ def champion_outcome(
 
     A candidate that passed replaces the champion only when it was trained from it: the champion may have moved on
     while the candidate trained, and promoting the candidate then would drop the skills the newer champion learned.
+    Such a candidate is CHAMPION_MOVED_ON: its skill is retrained from the new champion, not dropped.
     """
     if not decision.passed:
-        return ChampionOutcome(False, f"champion unchanged ({champion or 'none'}): {decision.summary()}")
+        return ChampionOutcome(False, f"champion unchanged ({champion or 'none'}): {decision.summary()}", GATE_FAILED)
     if champion == candidate:
-        return ChampionOutcome(False, f"already champion: {decision.summary()}")
+        return ChampionOutcome(False, f"already champion: {decision.summary()}", ALREADY_CHAMPION)
     if champion != parent:
-        return ChampionOutcome(
-            False,
-            f"champion unchanged ({champion}): the candidate was trained from "
-            f"{parent_label}, not the current champion; retrain it from the champion",
-        )
-    return ChampionOutcome(True, f"promoted to champion (was {champion or 'none'}): {decision.summary()}")
+        return champion_moved_on(champion, parent_label)
+    return ChampionOutcome(True, f"promoted to champion (was {champion or 'none'}): {decision.summary()}", PROMOTED)
+
+
+def champion_moved_on(champion: int | None, parent_label: str) -> ChampionOutcome:
+    """A candidate that passed its gate against `parent_label`, which is no longer the champion."""
+    return ChampionOutcome(
+        False,
+        f"champion unchanged ({champion or 'none'}): the candidate was trained from "
+        f"{parent_label}, not the current champion; its skill is retrained from the champion",
+        CHAMPION_MOVED_ON,
+    )
+
+
+def needs_retrain_from_champion(outcome: str | None, trained_md5: str | None, current_md5: str, held: bool) -> bool:
+    """Retrain a skill from the champion when its newest registered version passed its gate but found the champion
+    moved on, on the skill's current data, and no version in the champion's ancestry holds the skill at that data
+    (`held`). A failed gate is not retried: the data or the settings must change first."""
+    return outcome == CHAMPION_MOVED_ON and trained_md5 == current_md5 and not held

@@ -13,7 +13,16 @@ import dagster as dg
 import pydantic
 
 from pipelines.config import config_class, to_dataclass
-from pipelines.defs.resources import Compute, MlflowRegistry, SkillData, tags_json
+from pipelines.defs.resources import (
+    COMPUTE_POOL,
+    OUTCOME_TAG,
+    REGISTRY_POOL,
+    ChampionMovedOn,
+    Compute,
+    MlflowRegistry,
+    SkillData,
+    tags_json,
+)
 from pipelines.metadata import (
     comparison_metadata,
     delta_plot,
@@ -30,7 +39,7 @@ from sdft_core.config import PromptConfig, TrainConfig, with_overrides
 from sdft_core.curation import CurationConfig, curate_skill, save_curated
 from sdft_core.evaluation.tasks import PRIOR_SUITE
 from sdft_core.lineage import content_key, dvc_dir_manifest, dvc_dir_md5, file_md5, git_commit
-from sdft_core.promotion import GateConfig, champion_outcome, promotion_gate
+from sdft_core.promotion import GateConfig, champion_moved_on, champion_outcome, promotion_gate
 from sdft_core.records import read_demonstrations, read_jsonl, write_jsonl
 from sdft_core.skills import read_spec
 
@@ -155,6 +164,7 @@ def curated_demonstrations(
     partitions_def=skills,
     group_name=SKILL_CHAIN,
     kinds={"transformers"},
+    pool=COMPUTE_POOL,  # the teacher check runs the parent model
     check_specs=[
         dg.AssetCheckSpec(
             "teacher_prompts_keep_question",
@@ -304,7 +314,7 @@ def _teacher_checks(model_spec: str, tokenizer, curated: CuratedSkill, prompts: 
     )
 
 
-@dg.asset(partitions_def=skills, group_name=SKILL_CHAIN, kinds={"pytorch", "accelerate", "mlflow"})
+@dg.asset(partitions_def=skills, group_name=SKILL_CHAIN, kinds={"pytorch", "accelerate", "mlflow"}, pool=COMPUTE_POOL)
 def sdft_model(
     context: dg.AssetExecutionContext,
     config: TrainRunConfig,
@@ -329,7 +339,7 @@ def sdft_model(
     return dg.Output(trained, metadata={**contexts.snapshot.lineage(), **metadata})
 
 
-@dg.asset(partitions_def=skills, group_name=SKILL_CHAIN, kinds={"pytorch", "accelerate", "mlflow"})
+@dg.asset(partitions_def=skills, group_name=SKILL_CHAIN, kinds={"pytorch", "accelerate", "mlflow"}, pool=COMPUTE_POOL)
 def sft_baseline(
     context: dg.AssetExecutionContext,
     config: BaselineRunConfig,
@@ -443,7 +453,7 @@ def _train(
     }
 
 
-@dg.asset(partitions_def=skills, group_name=SKILL_CHAIN, kinds={"pytorch", "mlflow"})
+@dg.asset(partitions_def=skills, group_name=SKILL_CHAIN, kinds={"pytorch", "mlflow"}, pool=COMPUTE_POOL)
 def benchmark_evaluation(
     context: dg.AssetExecutionContext,
     config: EvaluationRunConfig,
@@ -543,7 +553,7 @@ def benchmark_evaluation(
     )
 
 
-@dg.asset(partitions_def=skills, group_name=SKILL_CHAIN, kinds={"mlflow"})
+@dg.asset(partitions_def=skills, group_name=SKILL_CHAIN, kinds={"mlflow"}, pool=REGISTRY_POOL)
 def registered_model(
     context: dg.AssetExecutionContext, config: GateRunConfig, benchmark_evaluation: Evaluation, registry: MlflowRegistry
 ) -> dg.MaterializeResult:
@@ -593,7 +603,12 @@ def registered_model(
         decision, number, int(champion.version) if champion else None, parent.version, parent.label
     )
     if outcome.promote:
-        registry.promote(number, decision.summary())
+        try:  # compare-and-set: only over the champion the candidate was trained from
+            registry.promote(number, decision.summary(), expected_champion=parent.version)
+        except ChampionMovedOn:
+            champion = registry.version_by_alias("champion")
+            outcome = champion_moved_on(int(champion.version) if champion else None, parent.label)
+    client.set_model_version_tag(registry.model_name, str(number), OUTCOME_TAG, outcome.code)
     context.log.info(outcome.summary)
     champion = registry.version_by_alias("champion")
     return dg.MaterializeResult(
@@ -606,6 +621,7 @@ def registered_model(
             "gate_passed": decision.passed,
             "gate": dg.MetadataValue.md("\n".join(f"- {r}" for r in decision.reasons)),
             "outcome": outcome.summary,
+            "outcome_code": outcome.code,
             "champion": int(champion.version) if champion else 0,
             "aliases": dg.MetadataValue.json(
                 sorted(client.get_model_version(registry.model_name, str(number)).aliases)

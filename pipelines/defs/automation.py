@@ -1,14 +1,22 @@
-"""When skills retrain: a sensor on the skill folders' DVC hashes, a nightly catch-up schedule, and the manual
-promote / rollback job."""
+"""When skills retrain: a sensor on the skill folders' DVC hashes, a sensor that retrains a skill whose candidate
+found the champion moved on, a nightly catch-up schedule, and the manual promote / rollback job."""
 
 import json
 
 import dagster as dg
 
-from pipelines.defs.resources import MlflowRegistry, SkillData
+from pipelines.defs.resources import OUTCOME_TAG, MlflowRegistry, SkillData
 from pipelines.partitions import SKILL_CHAIN, skills
+from sdft_core.promotion import needs_retrain_from_champion
 
 DATA_VERSION_TAG = "sdft/skill_md5"
+RETRAIN_REASON_TAG = "sdft/retrain_reason"
+IN_PROGRESS = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
 
 retrain_skill = dg.define_asset_job(
     "retrain_skill",
@@ -50,20 +58,44 @@ def nightly_retrain(context: dg.ScheduleEvaluationContext, skill_data: SkillData
         registered = registry.latest_version_tags(skill) or {}
         if registered.get("dvc_skill_md5") == version:
             continue
-        pending = context.instance.get_run_records(
-            dg.RunsFilter(
-                tags={"dagster/partition": skill, DATA_VERSION_TAG: version},
-                statuses=[
-                    dg.DagsterRunStatus.QUEUED,
-                    dg.DagsterRunStatus.NOT_STARTED,
-                    dg.DagsterRunStatus.STARTING,
-                    dg.DagsterRunStatus.STARTED,
-                ],
-            ),
-            limit=1,
-        )
-        if not pending:
+        if not _in_progress(context.instance, skill):
             yield dg.RunRequest(partition_key=skill, run_key=f"{skill}:{version}", tags={DATA_VERSION_TAG: version})
+
+
+def _in_progress(instance: dg.DagsterInstance, skill: str) -> bool:
+    """A run of this skill's partition is queued or running."""
+    return bool(
+        instance.get_run_records(dg.RunsFilter(tags={"dagster/partition": skill}, statuses=IN_PROGRESS), limit=1)
+    )
+
+
+@dg.sensor(job=retrain_skill, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.RUNNING)
+def champion_moved_on_sensor(
+    context: dg.SensorEvaluationContext, skill_data: SkillData, registry: MlflowRegistry
+) -> dg.SensorResult | dg.SkipReason:
+    """A candidate that passed its gate while another skill's candidate became champion is not dropped: its skill
+    is retrained from the new champion, once per champion version, so the champion ends holding both skills."""
+    champion = registry.version_by_alias("champion")
+    if champion is None:
+        return dg.SkipReason("no champion yet")
+    requests = []
+    for skill in skill_data.skills():
+        latest = registry.latest_version_tags(skill) or {}
+        current = skill_data.version(skill)
+        held = registry.champion_has(skill, current) is not None
+        if not needs_retrain_from_champion(latest.get(OUTCOME_TAG), latest.get("dvc_skill_md5"), current, held):
+            continue
+        if _in_progress(context.instance, skill):
+            continue  # the run on its way reads the champion when it starts; the next evaluation looks again
+        requests.append(
+            dg.RunRequest(
+                partition_key=skill,
+                # once per skill, data version and champion: a champion that moves again gets another retrain
+                run_key=f"{skill}:{current}:champion-{champion.version}",
+                tags={DATA_VERSION_TAG: current, RETRAIN_REASON_TAG: f"champion moved on to {champion.version}"},
+            )
+        )
+    return dg.SensorResult(run_requests=requests)
 
 
 class ChampionChange(dg.Config):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
 import shutil
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,11 @@ from sdft_core.names import RULE, check_skill_name, is_skill_name
 DEFAULT_MODEL = TrainConfig.model  # the embedded SmolLM2-135M-Instruct, without importing torch here
 
 log = logging.getLogger(__name__)
+# Dagster concurrency pools (limits in the instance's dagster.yaml): the steps that load a model share the
+# machine's CPUs or GPUs; the registering step reads the champion and moves it, so one at a time in the instance.
+COMPUTE_POOL = "sdft_compute"
+REGISTRY_POOL = "sdft_registry"
+OUTCOME_TAG = "sdft.outcome"  # on each registered version: what its registration did to the champion
 DEMONSTRATION_FILES = ("demonstrations.jsonl", "demonstrations.parquet")
 
 
@@ -102,8 +109,20 @@ class Compute(dg.ConfigurableResource):
         return command + list(self.extra_launch_args) + [str(script), *args]
 
 
+class ChampionMovedOn(RuntimeError):
+    """The champion is not the version a promotion expected: another promotion came first."""
+
+
+_ANY_CHAMPION = object()  # promote() without a compare-and-set
+
+
 class MlflowRegistry(dg.ConfigurableResource):
-    """MLflow runs and the model registry (aliases `candidate` and `champion`); a thin layer over MlflowClient."""
+    """MLflow runs and the model registry (aliases `candidate` and `champion`); a thin layer over MlflowClient.
+
+    Registering and moving the champion are serialized twice: by Dagster (the `sdft_registry` pool, across every run
+    of the instance, whatever machine it runs on) and by an exclusive file lock here (`registry_lock`), which also
+    covers the command line and anything else on this machine. MLflow itself has no compare-and-set on aliases.
+    """
 
     tracking_uri: str = "sqlite:///mlflow.db"
     experiment: str = "sdft"
@@ -187,51 +206,98 @@ class MlflowRegistry(dg.ConfigurableResource):
             shutil.rmtree(staging, ignore_errors=True)
         return target
 
+    def lock_path(self) -> Path:
+        """The registry's lock file: beside a SQLite store (every process on it shares one, whatever its working
+        directory), else in the model cache (one per machine; the Dagster pool serializes across machines)."""
+        if self.tracking_uri.startswith("sqlite:///"):
+            database = Path(self.tracking_uri.removeprefix("sqlite:///")).resolve()
+            return database.with_name(database.name + f".{self.model_name}.lock")
+        return Path(self.model_cache).resolve() / f"{self.model_name}.registry.lock"
+
+    @contextmanager
+    def registry_lock(self) -> Iterator[None]:
+        """Exclusive, blocking: between reading the registry and writing it nothing else here registers or moves
+        the champion. The OS releases it when the process ends, however it ends."""
+        path = self.lock_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def register(self, run_id: str, source: str, tags: dict[str, str]):
-        """The version created from this run, created once: registering the same run again returns it."""
+        """The version created from this run, created once: registering the same run again, or at the same time
+        from elsewhere, returns the one version.
+
+        Under the lock, search-then-create is enough on this machine. Racers the lock does not see (another
+        machine on the same server) may both create: each then keeps the run's lowest version and deletes its
+        own if it is not that one, so exactly one survives (versions are numbered in creation order, and the
+        lowest was created before any later creator's search)."""
         from mlflow.exceptions import MlflowException
 
         client = self.client()
-        try:
-            client.create_registered_model(self.model_name, description="SDFT: one model, skills accumulate")
-        except MlflowException as err:
-            if "RESOURCE_ALREADY_EXISTS" not in str(err.error_code):
-                raise
-        existing = client.search_model_versions(f"name = '{self.model_name}' and run_id = '{run_id}'")
-        if existing:
-            return min(existing, key=lambda v: int(v.version))
-        return client.create_model_version(self.model_name, source, run_id=run_id, tags=tags)
+        with self.registry_lock():
+            try:
+                client.create_registered_model(self.model_name, description="SDFT: one model, skills accumulate")
+            except MlflowException as err:
+                if "RESOURCE_ALREADY_EXISTS" not in str(err.error_code):
+                    raise
+            existing = self._versions_of_run(run_id)
+            if existing:
+                return existing[0]
+            created = client.create_model_version(self.model_name, source, run_id=run_id, tags=tags)
+            first = self._versions_of_run(run_id)[0]
+            if first.version != created.version:
+                client.delete_model_version(self.model_name, created.version)
+            return first
+
+    def _versions_of_run(self, run_id: str) -> list:
+        found = self.client().search_model_versions(f"name = '{self.model_name}' and run_id = '{run_id}'")
+        return sorted(found, key=lambda v: int(v.version))
 
     def set_alias(self, alias: str, version: int) -> None:
         self.client().set_registered_model_alias(self.model_name, alias, str(version))
 
-    def promote(self, version: int, reason: str) -> dict[str, Any]:
-        """Make `version` the champion; the version it replaces is remembered for a rollback."""
+    def promote(self, version: int, reason: str, expected_champion: int | None | object = _ANY_CHAMPION) -> dict:
+        """Make `version` the champion; the version it replaces is remembered for a rollback.
+
+        `expected_champion` (a version, or None for "no champion yet") makes it a compare-and-set: when the
+        champion is not that version, nothing changes and ChampionMovedOn is raised."""
         client = self.client()
         client.get_model_version(self.model_name, str(version))  # fails clearly for an unknown version
-        previous = self.version_by_alias("champion")
-        if previous is not None and int(previous.version) == version:
-            return {"champion": version, "previous": None, "changed": False}
-        if previous is not None:
-            client.set_model_version_tag(self.model_name, str(version), "previous_champion", previous.version)
-        client.set_model_version_tag(self.model_name, str(version), "promotion_reason", reason)
-        self.set_alias("champion", version)
-        return {"champion": version, "previous": int(previous.version) if previous else None, "changed": True}
+        with self.registry_lock():
+            previous = self.version_by_alias("champion")
+            now = int(previous.version) if previous is not None else None
+            if now == version:
+                return {"champion": version, "previous": None, "changed": False}
+            if expected_champion is not _ANY_CHAMPION and now != expected_champion:
+                raise ChampionMovedOn(
+                    f"{self.model_name}: the champion is {now or 'none'}, not {expected_champion or 'none'}: "
+                    f"version {version} was not promoted"
+                )
+            if previous is not None:
+                client.set_model_version_tag(self.model_name, str(version), "previous_champion", previous.version)
+            client.set_model_version_tag(self.model_name, str(version), "promotion_reason", reason)
+            self.set_alias("champion", version)
+        return {"champion": version, "previous": now, "changed": True}
 
     def rollback(self, reason: str = "manual rollback") -> dict[str, Any]:
         """Give the champion alias back to the version the current champion replaced."""
-        champion = self.version_by_alias("champion")
-        if champion is None:
-            raise ValueError(f"{self.model_name} has no champion to roll back")
-        previous = champion.tags.get("previous_champion")
-        if previous is None:
-            raise ValueError(
-                f"{self.model_name}/{champion.version} replaced no earlier champion; nothing to roll "
-                "back to (promote a version by number instead)"
-            )
-        client = self.client()
-        client.set_model_version_tag(self.model_name, champion.version, "rolled_back", reason)
-        self.set_alias("champion", int(previous))
+        with self.registry_lock():
+            champion = self.version_by_alias("champion")
+            if champion is None:
+                raise ValueError(f"{self.model_name} has no champion to roll back")
+            previous = champion.tags.get("previous_champion")
+            if previous is None:
+                raise ValueError(
+                    f"{self.model_name}/{champion.version} replaced no earlier champion; nothing to roll "
+                    "back to (promote a version by number instead)"
+                )
+            client = self.client()
+            client.set_model_version_tag(self.model_name, champion.version, "rolled_back", reason)
+            self.set_alias("champion", int(previous))
         return {"champion": int(previous), "previous": int(champion.version), "changed": True}
 
     def champion_lineage(self) -> Iterator:

@@ -4,7 +4,17 @@ import pytest
 
 from sdft_core.evaluation.comparison import build_comparison
 from sdft_core.evaluation.suite import TaskResult
-from sdft_core.promotion import GateConfig, champion_outcome, dominates, promotion_gate
+from sdft_core.promotion import (
+    ALREADY_CHAMPION,
+    CHAMPION_MOVED_ON,
+    GATE_FAILED,
+    PROMOTED,
+    GateConfig,
+    champion_outcome,
+    dominates,
+    needs_retrain_from_champion,
+    promotion_gate,
+)
 
 GATE = GateConfig(min_gain=0.0, max_regression=0.02)
 PRIOR_OK = {"candidate_prior": 0.50, "parent_prior": 0.50, "prior_ci": (-0.01, 0.01)}
@@ -134,8 +144,23 @@ def test_a_passing_candidate_replaces_only_the_champion_it_was_trained_from():
     # the champion moved on (2 -> 4) while candidate 5 trained from 2: promoting it would drop 4's skills
     moved = champion_outcome(passed, candidate=5, champion=4, parent=2, parent_label="sdft/2")
     assert not moved.promote and moved.summary.startswith(
-        "champion unchanged (4): the candidate was trained from sdft/2, not the current champion"
+        "champion unchanged (4): the candidate was trained from sdft/2, not the current champion; its skill is "
+        "retrained from the champion"
     )
     kept = champion_outcome(failed_gate, candidate=2, champion=1, parent=1, parent_label="sdft/1")
     assert not kept.promote and kept.summary.startswith("champion unchanged (1): keep the champion: ")
     assert champion_outcome(failed_gate, 1, None, None, "base:tiny").summary.startswith("champion unchanged (none)")
+    # the codes a sensor reads from the registry
+    assert [o.code for o in (first, again, moved, kept)] == [PROMOTED, ALREADY_CHAMPION, CHAMPION_MOVED_ON, GATE_FAILED]
+    # a candidate from the base model while another skill became the first champion
+    assert champion_outcome(passed, candidate=2, champion=1, parent=None, parent_label="base:tiny").code == (
+        CHAMPION_MOVED_ON
+    )
+
+
+def test_only_a_passing_candidate_that_found_the_champion_moved_on_is_retrained():
+    assert needs_retrain_from_champion(CHAMPION_MOVED_ON, "a.dir", "a.dir", held=False)
+    assert not needs_retrain_from_champion(CHAMPION_MOVED_ON, "a.dir", "a.dir", held=True)  # already in it
+    assert not needs_retrain_from_champion(CHAMPION_MOVED_ON, "a.dir", "b.dir", held=False)  # data changed since
+    for code in (PROMOTED, ALREADY_CHAMPION, GATE_FAILED, None):
+        assert not needs_retrain_from_champion(code, "a.dir", "a.dir", held=False)

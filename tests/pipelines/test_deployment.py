@@ -61,18 +61,6 @@ def test_compose_file_runs_postgres_mlflow_and_dagster_on_our_images_published_o
         subprocess.run(["docker", "compose", "-f", str(DOCKER / "docker-compose.yml"), "config", "-q"], check=True)
 
 
-def test_the_deployments_dagster_runs_one_run_at_a_time_and_never_two_of_one_skill():
-    coordinator = yaml.safe_load((DOCKER / "dagster.yaml").read_text())["run_coordinator"]
-    assert coordinator["class"] == "QueuedRunCoordinator" and coordinator["config"]["max_concurrent_runs"] == 1
-    assert {"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in coordinator[
-        "config"
-    ]["tag_concurrency_limits"]
-    with tempfile.TemporaryDirectory() as home:  # Dagster itself accepts the file's run coordinator
-        (Path(home) / "dagster.yaml").write_text(yaml.safe_dump({"run_coordinator": coordinator}))
-        with dg.DagsterInstance.from_config(home) as instance:
-            assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
-
-
 def test_the_stack_has_no_default_password_and_its_images_do_not_run_as_root():
     text = (DOCKER / "docker-compose.yml").read_text()
     uses = re.findall(r"\$\{POSTGRES_PASSWORD([^}]*)\}", text)

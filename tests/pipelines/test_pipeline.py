@@ -16,21 +16,13 @@ import pytest
 
 from pipelines.defs import assets
 from pipelines.defs.automation import DATA_VERSION_TAG, change_champion, nightly_retrain, skill_data_sensor
-from pipelines.defs.resources import Compute, MlflowRegistry, SkillData
+from pipelines.defs.resources import SkillData
 from sdft_core.lineage import dvc_dir_md5, git_commit
+from tests.pipelines.chain import CHAIN, resources
 from tests.readiness import HANG_GUARD_S
 from tests.tiny import save_tiny_model, toy_records
 
 ROOT = Path(__file__).resolve().parents[2]
-CHAIN = [
-    assets.demonstrations,
-    assets.curated_demonstrations,
-    assets.teacher_contexts,
-    assets.sdft_model,
-    assets.sft_baseline,
-    assets.benchmark_evaluation,
-    assets.registered_model,
-]
 RUN_CONFIG = {
     "ops": {
         "curated_demonstrations": {"config": {"eval_fraction": 0.3}},
@@ -64,16 +56,8 @@ class Env:
         self.root = root
         self.data = root / "data"
         self.model = save_tiny_model(root / "tiny")
-        self.skill_data = SkillData(root=str(self.data), dvc_file=str(root / "data.dvc"), work_dir=str(root / "work"))
-        self.registry = MlflowRegistry(
-            tracking_uri=f"sqlite:///{root}/mlflow.db", base_model=str(self.model), model_cache=str(root / "models")
-        )
-        self.resources = {
-            "skill_data": self.skill_data,
-            "registry": self.registry,
-            "compute": Compute(),
-            "pipes_subprocess_client": dg.PipesSubprocessClient(),
-        }
+        self.resources = resources(root)
+        self.skill_data, self.registry = self.resources["skill_data"], self.resources["registry"]
 
     def materialize(self, instance, skill: str, selection=None, run_config=RUN_CONFIG, raise_on_error=True):
         if not instance.has_dynamic_partition("skill", skill):
@@ -322,7 +306,9 @@ def test_main_command_does_not_retrain_a_skill_the_champion_holds(chain, monkeyp
     out = capsys.readouterr().out
     assert "already in the champion: sdft/1 was trained on it" in out
     assert re.search(r"^\s+1\s+\S*champion\S*\s+toy\s+true", out, re.M) and "make ui" in out, out
-    assert (tmp_path / "dagster" / "dagster.yaml").read_text().count("DefaultRunCoordinator") == 1
+    from pipelines.dagster_home import DAGSTER_YAML
+
+    assert (tmp_path / "dagster" / "dagster.yaml").read_text() == DAGSTER_YAML  # the instance is made on first use
     assert main(["run", "--skill", "nope"]) == 2
 
 
