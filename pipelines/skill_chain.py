@@ -10,10 +10,11 @@ older version of the chain fails at the asset that reads it, by name, instead of
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sdft_core.config import PromptConfig, TrainConfig
+from sdft_core.records import ReadLimits
 from sdft_core.skills import Skill
 
 if TYPE_CHECKING:  # the comparison's module imports torch, which loading the code location does not need
@@ -45,6 +46,7 @@ class CuratedSkill:
     spec: Skill  # skill.yaml (scorer, max_new_tokens, training overrides), without records
     train_path: str  # accepted demonstrations (JSONL)
     eval_path: str  # the held-out eval split (JSONL)
+    read_limits: ReadLimits = field(default_factory=ReadLimits)  # curation's, which every later reader keeps
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 from pipelines.mlflow_logging import MlflowSteps
 from sdft_core.callbacks import TrainerCallback, progress_line
 from sdft_core.config import TrainConfig
-from sdft_core.records import read_demonstrations
+from sdft_core.records import ReadLimits, read_demonstrations
 from sdft_core.trainer import TrainResult, retain_freed_memory, train
 
 
@@ -50,10 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, required=True, help="TrainConfig as JSON")
     parser.add_argument("--data", type=Path, required=True, help="curated demonstrations")
     parser.add_argument("--mlflow-run-id", help="stream metrics to this MLflow run")
+    parser.add_argument("--read-limits", default="{}", help="ReadLimits as JSON: curation's, which wrote --data")
     args = parser.parse_args(argv)
 
     config = TrainConfig.from_dict(json.loads(args.config.read_text()))
-    loaded = read_demonstrations(args.data)
+    loaded = read_demonstrations(args.data, ReadLimits.from_dict(json.loads(args.read_limits)))
     retain_freed_memory()  # this process only trains: keep freed memory mapped (see the function)
     main_process = PartialState().is_main_process
     callbacks: list[TrainerCallback] = []

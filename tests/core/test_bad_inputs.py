@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 from sdft_core.records import DemonstrationError, ReadLimits, read_demonstrations, read_rows
@@ -226,6 +227,30 @@ def test_sdft_train_refuses_a_bad_file_in_one_line(tmp_path, make):
     done = sdft("train", "--data", str(path), "--output", "run", cwd=tmp_path)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith(f"error: {path}:")
+
+
+def test_sdft_train_and_sdft_curate_take_the_read_limits_as_flags(tmp_path):
+    skill = tmp_path / "skill"
+    skill.mkdir()
+    rows = [line(id=f"r{i}") for i in range(5)] + [line(id="long", demonstration="y" * 500)]
+    (skill / "demonstrations.jsonl").write_text("\n".join(rows) + "\n")
+    (skill / "skill.yaml").write_text("scorer: short_answer\n")
+    size = (skill / "demonstrations.jsonl").stat().st_size
+    # the file limit: refused in one line that names the file, its size, the limit and the setting
+    done = sdft(
+        "train", "--data", "skill/demonstrations.jsonl", "--output", "run", "--read.max-file-bytes", "100", cwd=tmp_path
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: skill/demonstrations.jsonl: {size} bytes, more than the limit of 100 per file (max_file_bytes)"
+    )
+    # the line limit in curation: the long row is rejected with its line and the setting, the rest is kept
+    curated = sdft("curate", "--skill", "skill", "--out", "curated", "--read.max-line-bytes", "400", cwd=tmp_path)
+    assert curated.returncode == 0, curated.stderr
+    rejected = pd.read_parquet(tmp_path / "curated" / "rejected.parquet")
+    invalid = rejected[rejected["category"] == "invalid"]  # the short rows are near-duplicates of each other
+    assert invalid["location"].tolist() == ["line 6"]
+    assert "longer than the limit of 400 bytes (max_line_bytes)" in invalid["reason"].iloc[0]
 
 
 # ------------------------------------------------------------------------------------------------ skill.yaml
