@@ -29,6 +29,12 @@ concurrency:
     # sdft_compute: one step at a time loads a model (the machine's CPUs or GPUs are shared);
     # sdft_registry: one registration at a time reads the champion and moves it (a compare-and-set)
     default_limit: 1
+# A run that dies outside its steps (a killed worker, a lost node) is started again; a step that fails (a failed
+# gate, bad data) is not: training retries its own step (RetryPolicy) and resumes from its checkpoint.
+run_retries:
+  enabled: true
+  max_retries: 2
+  retry_on_asset_or_op_failure: false
 telemetry:
   enabled: false
 # sdft_core's own log lines (e.g. preparing the embedded model) go to the run's log too

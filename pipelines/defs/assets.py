@@ -6,6 +6,7 @@ Each asset reads its inputs, calls `sdft_core`, attaches metadata and lineage an
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,9 @@ TrainRunConfig = pydantic.create_model(
     # applied last, over the skill.yaml's own `training` overrides: {dotted TrainConfig field: value}
     overrides=(dict[str, Any], {}),
 )
+# Training resumes from its last checkpoint, so a failed attempt (a killed process, a lost GPU) is retried where it
+# stopped; a failure that repeats is the run's failure.
+TRAINING_RETRIES = dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL)
 # each model's scores on its MLflow run (the candidate's), under these prefixes
 SCORE_PREFIXES = {"candidate": "eval", "parent": "parent_eval", "baseline": "baseline_eval", "base": "base_eval"}
 
@@ -316,7 +320,13 @@ def _teacher_checks(model_spec: str, tokenizer, curated: CuratedSkill, prompts: 
     )
 
 
-@dg.asset(partitions_def=skills, group_name=SKILL_CHAIN, kinds={"pytorch", "accelerate", "mlflow"}, pool=COMPUTE_POOL)
+@dg.asset(
+    partitions_def=skills,
+    group_name=SKILL_CHAIN,
+    kinds={"pytorch", "accelerate", "mlflow"},
+    pool=COMPUTE_POOL,
+    retry_policy=TRAINING_RETRIES,
+)
 def sdft_model(
     context: dg.AssetExecutionContext,
     config: TrainRunConfig,
@@ -341,7 +351,13 @@ def sdft_model(
     return dg.Output(trained, metadata={**contexts.snapshot.lineage(), **metadata})
 
 
-@dg.asset(partitions_def=skills, group_name=SKILL_CHAIN, kinds={"pytorch", "accelerate", "mlflow"}, pool=COMPUTE_POOL)
+@dg.asset(
+    partitions_def=skills,
+    group_name=SKILL_CHAIN,
+    kinds={"pytorch", "accelerate", "mlflow"},
+    pool=COMPUTE_POOL,
+    retry_policy=TRAINING_RETRIES,
+)
 def sft_baseline(
     context: dg.AssetExecutionContext,
     config: BaselineRunConfig,
@@ -557,7 +573,21 @@ def benchmark_evaluation(
     )
 
 
-@dg.asset(partitions_def=skills, group_name=SKILL_CHAIN, kinds={"mlflow"}, pool=REGISTRY_POOL)
+@dg.asset(
+    partitions_def=skills,
+    group_name=SKILL_CHAIN,
+    kinds={"mlflow"},
+    pool=REGISTRY_POOL,
+    check_specs=[
+        dg.AssetCheckSpec(
+            "promotion_gate",
+            asset="registered_model",
+            blocking=True,
+            description="the candidate learned the skill without forgetting (paired intervals against its parent); "
+            "a failed gate fails the run and leaves the champion untouched",
+        )
+    ],
+)
 def registered_model(
     context: dg.AssetExecutionContext, config: GateRunConfig, benchmark_evaluation: Evaluation, registry: MlflowRegistry
 ) -> dg.MaterializeResult:
@@ -630,8 +660,28 @@ def registered_model(
             "aliases": dg.MetadataValue.json(
                 sorted(client.get_model_version(registry.model_name, str(number)).aliases)
             ),
-        }
+        },
+        check_results=[
+            dg.AssetCheckResult(
+                check_name="promotion_gate",
+                passed=decision.passed,
+                description=f"{registry.model_name}/{number}: {outcome.summary}",
+                metadata={
+                    "model_version": number,
+                    "new_skill_gain": decision.new_skill_gain,
+                    "new_skill_ci": dg.MetadataValue.json(_finite(decision.new_skill_ci)),
+                    "prior_change": decision.prior_change,
+                    "prior_ci": dg.MetadataValue.json(_finite(decision.prior_ci)),
+                    "outcome_code": outcome.code,
+                },
+            )
+        ],
     )
+
+
+def _finite(values) -> list[float | None]:
+    """JSON has no NaN: an unmeasured bound is null."""
+    return [None if math.isnan(v) else float(v) for v in values]
 
 
 def _all_metrics(path: Path) -> list[dict[str, float]]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import dagster as dg
 
+from pipelines.defs.notifications import notifier_from_environment
 from pipelines.skill_chain import Parent
 from sdft_core.config import TrainConfig
 from sdft_core.lineage import dvc_dir_md5, tracked_md5
@@ -350,5 +351,6 @@ def resources() -> dg.Definitions:
             ),
             "compute": Compute(),
             "pipes_subprocess_client": dg.PipesSubprocessClient(),
+            "notifier": notifier_from_environment(),
         }
     )

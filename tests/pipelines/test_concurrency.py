@@ -27,6 +27,12 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKER_YAML = ROOT / "docker" / "dagster.yaml"
 
 
+def test_only_the_resumable_training_steps_retry():
+    retries = {a.key.to_user_string(): a.op.retry_policy for a in CHAIN}
+    assert {key for key, policy in retries.items() if policy} == {"sdft_model", "sft_baseline"}
+    assert retries["sdft_model"].max_retries == 2
+
+
 def test_model_loading_steps_share_one_pool_and_registration_has_its_own():
     pools = {a.key.to_user_string(): a.op.pool for a in CHAIN}
     assert pools == {
@@ -41,7 +47,7 @@ def test_model_loading_steps_share_one_pool_and_registration_has_its_own():
 
 
 @pytest.mark.parametrize("config", ["local", "docker"])
-def test_both_instances_limit_runs_per_skill_and_pools_to_one(config, tmp_path):
+def test_both_instances_limit_runs_per_skill_and_pools_to_one_and_retry_dead_runs(config, tmp_path):
     text = DAGSTER_YAML if config == "local" else DOCKER_YAML.read_text()
     concurrency = yaml.safe_load(text)["concurrency"]
     assert {"key": "dagster/partition", "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in concurrency["runs"][
@@ -56,6 +62,9 @@ def test_both_instances_limit_runs_per_skill_and_pools_to_one(config, tmp_path):
         settings = instance.get_concurrency_config()
         assert settings.pool_config.default_pool_limit == 1
         assert settings.run_queue_config.tag_concurrency_limits == concurrency["runs"]["tag_concurrency_limits"]
+        # a run that dies outside its steps is started again; a failed step (a failed gate) is not
+        assert instance.run_retries_enabled and instance.run_retries_max_retries == 2
+        assert not instance.run_retries_retry_on_asset_or_op_failure
 
 
 def test_the_local_dagster_yaml_is_rewritten_only_while_sdft_pipeline_owns_it(tmp_path, monkeypatch):

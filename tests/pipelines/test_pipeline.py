@@ -3,11 +3,13 @@ registry (SQLite), real Accelerate subprocesses through Dagster Pipes."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import re
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import dagster as dg
@@ -16,6 +18,7 @@ import pytest
 
 from pipelines.defs import assets
 from pipelines.defs.automation import DATA_VERSION_TAG, change_champion, nightly_retrain, skill_data_sensor
+from pipelines.defs.notifications import Notifier, notify_on_failed_checks, notify_on_run_failure
 from pipelines.defs.resources import SkillData
 from sdft_core.lineage import dvc_dir_md5, git_commit
 from tests.pipelines.chain import CHAIN, resources
@@ -240,8 +243,11 @@ def test_failed_gate_keeps_the_champion_and_next_skill_trains_from_it(chain):
     strict = json.loads(json.dumps(RUN_CONFIG))
     strict["ops"]["registered_model"] = {"config": {"min_gain": 0.5}}
     strict["ops"]["sft_baseline"] = {"config": {"enabled": False}}  # the chain runs without the baseline too
-    result = chain.materialize(chain.instance, "second", run_config=strict)
-    assert result.success
+    result = chain.materialize(chain.instance, "second", run_config=strict, raise_on_error=False)
+    assert not result.success  # a failed gate is a failed (blocking) check, so a failed run
+    gate = next(c for c in result.get_asset_check_evaluations() if c.check_name == "promotion_gate")
+    assert not gate.passed and gate.description.startswith("sdft/2: champion unchanged (1): keep the champion")
+    chain.failed_gate_run = result.run_id
     assert metadata(result, "sft_baseline")["enabled"] is False
     evaluation = metadata(result, "benchmark_evaluation")
     assert (
@@ -267,6 +273,56 @@ def test_failed_gate_keeps_the_champion_and_next_skill_trains_from_it(chain):
     runs = [v.run_id for v in chain.versions()]
     assert runs == [metadata(chain.first, "sdft_model")["mlflow_run_id"], evaluation["mlflow_run_id"]]
     assert metadata(chain.first, "sft_baseline")["mlflow_run_id"] not in runs
+
+
+def test_a_failed_gate_reaches_the_webhook_as_a_failed_check_and_a_failed_run(chain):
+    received: list[dict] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        notifier = Notifier(webhook_url=f"http://127.0.0.1:{server.server_port}/hook")
+        checks = notify_on_failed_checks(
+            dg.build_sensor_context(instance=chain.instance, resources={"notifier": notifier})
+        )
+        assert checks is None
+        gate = [m for m in received if m["event"] == "check_failed" and m["check"] == "promotion_gate"]
+        assert len(gate) == 1 and gate[0]["partition"] == "second" and gate[0]["severity"] == "ERROR"
+        assert gate[0]["text"].startswith("sdft: check registered_model.promotion_gate (second) failed (ERROR): ")
+        assert all(not m["passed"] for m in received)  # passed checks are not sent
+
+        run = chain.instance.get_run_by_id(chain.failed_gate_run)
+        (failure,) = chain.instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+        context = dg.build_run_status_sensor_context(
+            sensor_name="notify_on_run_failure",
+            dagster_instance=chain.instance,
+            dagster_run=run,
+            dagster_event=failure.dagster_event,
+            resources={"notifier": notifier},
+        ).for_run_failure()
+        received.clear()
+        notify_on_run_failure(context)
+        (message,) = received
+        assert message["event"] == "run_failure" and message["run_id"] == run.run_id
+        assert message["partition"] == "second"
+        assert "promotion_gate" in {c["check"] for c in message["failed_checks"]}
+        assert "check promotion_gate failed: sdft/2: champion unchanged (1)" in message["text"]
+    finally:
+        server.shutdown()
+    # without a webhook the sensors skip, saying how to turn them on
+    skipped = notify_on_failed_checks(
+        dg.build_sensor_context(instance=chain.instance, resources={"notifier": Notifier()})
+    )
+    assert "set SDFT_WEBHOOK_URL" in skipped.skip_message
 
 
 def test_change_champion_job_promotes_and_rolls_back(chain):
