@@ -7,6 +7,7 @@ installed, and the assets' module when the code location loads.
 
 from __future__ import annotations
 
+import json
 import time
 import urllib.parse
 from collections.abc import Mapping
@@ -72,3 +73,23 @@ def printable_uri(uri: str) -> str:
     user = f"{parts.username}:***@" if parts.username else ":***@"
     host = parts.netloc.rsplit("@", 1)[1]
     return urllib.parse.urlunsplit(parts._replace(netloc=user + host))
+
+
+def dvc_dataset_input(name: str, dvc_md5: str, source: Mapping[str, Any], context: str, rows: int | None = None):
+    """A run input in MLflow's dataset lineage whose digest is the data's DVC hash (`<md5>.dir` for a folder), so
+    the run's Datasets tab names exactly the `dvc checkout` that gives its data back. `source` says where (the
+    path in the repository, the .dvc file, the commit); `context` is MLflow's `mlflow.data.context` (training,
+    eval)."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    profile = json.dumps({"num_rows": rows}) if rows is not None else None
+    dataset = Dataset(name, dvc_md5, "dvc", json.dumps(dict(source), sort_keys=True), profile=profile)
+    return DatasetInput(dataset, [InputTag("mlflow.data.context", context)])
+
+
+def source_tags(name: str, git_commit: str | None) -> dict[str, str]:
+    """MLflow's own source tags (shown in the run's header and searchable): what ran, and at which commit."""
+    tags = {"mlflow.source.type": "JOB", "mlflow.source.name": name}
+    if git_commit:
+        tags["mlflow.source.git.commit"] = git_commit
+    return tags

@@ -33,7 +33,7 @@ from pipelines.metadata import (
     skill_versus_prior_plot,
     training_curve_plot,
 )
-from pipelines.mlflow_logging import log_flat_params, metric_batch
+from pipelines.mlflow_logging import dvc_dataset_input, log_flat_params, metric_batch, source_tags
 from pipelines.partitions import SKILL_CHAIN, skills
 from pipelines.skill_chain import CuratedSkill, Evaluation, SkillSnapshot, TeacherContexts, TrainedModel
 from sdft_core.config import PromptConfig, TrainConfig, with_overrides
@@ -411,6 +411,7 @@ def _train(
         "method": train_config.method,
         "dagster.run_id": context.run.run_id,
         "dagster.partition": context.partition_key,
+        **source_tags(f"dagster:{context.job_name}/{context.asset_key.to_user_string()}", snapshot.git_commit),
     }
     name = (
         f"{snapshot.skill}-{run_key[:8]}"
@@ -421,6 +422,7 @@ def _train(
     client = registry.client()
     if not client.get_run(run_id).data.params:
         log_flat_params(client, run_id, train_config.to_dict())
+        client.log_inputs(run_id, datasets=_dataset_inputs(contexts.curated))
     metadata: dict[str, Any] = {}
     model_dir = run_dir / "model"
     if (model_dir / "model.safetensors").exists():
@@ -677,6 +679,27 @@ def registered_model(
             )
         ],
     )
+
+
+def _dataset_inputs(curated: CuratedSkill) -> list:
+    """The run's data in MLflow's lineage: the skill folder at its DVC hash (training), and the eval split
+    curation held out of it (eval, by the file's md5)."""
+    snapshot = curated.snapshot
+    source = {"path": snapshot.folder, "dvc_data_md5": snapshot.dataset_md5, "git_commit": snapshot.git_commit}
+    rows = sum(1 for line in Path(curated.train_path).open() if line.strip())
+    evals = sum(1 for line in Path(curated.eval_path).open() if line.strip())
+    return [
+        dvc_dataset_input(
+            snapshot.skill, snapshot.skill_md5, source | {"curated": curated.train_path}, "training", rows
+        ),
+        dvc_dataset_input(
+            f"{snapshot.skill}-eval",
+            file_md5(curated.eval_path),
+            {"path": curated.eval_path, "held_out_of": snapshot.skill_md5},
+            "eval",
+            evals,
+        ),
+    ]
 
 
 def _finite(values) -> list[float | None]:

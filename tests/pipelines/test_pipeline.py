@@ -143,6 +143,16 @@ def test_chain_registers_a_champion_with_lineage(chain):
     assert config["max_steps"] == 2 and config["rollout"]["max_new_tokens"] == 8  # run config + skill.yaml
     assert config["model"] == str(chain.model)
     assert set(version.aliases) == {"candidate", "champion"} and tags["gate.passed"] == "true"
+    # MLflow's own lineage: the source and commit tags, and the data as datasets whose digest is the DVC hash
+    assert run.data.tags["mlflow.source.git.commit"] == tags["git_commit"]
+    assert run.data.tags["mlflow.source.name"] == "dagster:__ephemeral_asset_job__/sdft_model"
+    inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+    assert set(inputs) == {"toy", "toy-eval"}
+    assert inputs["toy"].dataset.digest == tags["dvc_skill_md5"] and inputs["toy"].dataset.source_type == "dvc"
+    assert json.loads(inputs["toy"].dataset.source)["path"] == str(folder)
+    assert json.loads(inputs["toy"].dataset.profile)["num_rows"] > 0
+    assert {t.key: t.value for t in inputs["toy"].tags}["mlflow.data.context"] == "training"
+    assert {t.key: t.value for t in inputs["toy-eval"].tags}["mlflow.data.context"] == "eval"
     # the MLflow run streamed the training metrics and holds the model the version points at
     history = chain.registry.client().get_metric_history(version.run_id, "train/loss")
     assert [m.step for m in history] == [1, 2]
