@@ -191,6 +191,21 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig.from_dict(data)
 
 
+def metrics_csv(jsonl: Path) -> Path:
+    """metrics.jsonl as metrics.csv beside it (a column per metric, a row per step): the file `dvc plots` reads,
+    which does not read JSON Lines."""
+    import csv
+
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    out = jsonl.with_suffix(".csv")
+    with out.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return out
+
+
 def _assignments(items: list[str]) -> dict:
     """`--set FIELD=VALUE` flags as {field: YAML-parsed value}; the config converts the value to the field's type."""
     parsed = {}
@@ -228,6 +243,7 @@ def run_train(args: argparse.Namespace) -> int:
         return 2
     retain_freed_memory()
     result = train(config, loaded.accepted, rejected=loaded.rejected)
+    metrics_csv(Path(config.output_dir) / "metrics.jsonl")
     summary = {
         "model_dir": str(result.model_dir),
         "steps": result.steps,

@@ -38,9 +38,6 @@ class TaskResult:
     metrics: dict[str, float] = field(default_factory=dict)  # every metric's mean
     seconds: float = 0.0
 
-    def summary(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k not in ("item_ids", "item_scores")}
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -251,19 +248,20 @@ def evaluate_model(
 
 
 def save_scores(results: Mapping[str, TaskResult], path: Path) -> None:
+    """`path`: numbers only, so that `dvc metrics diff` shows what changed and nothing else: per task its score,
+    every metric's mean and n, and the average with its interval. Wall-clock seconds, which differ on every run,
+    go beside it (`<stem>.seconds.json`)."""
     low, high = average_ci(results)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        json.dumps(
-            {
-                "tasks": {k: r.summary() for k, r in results.items()},
-                "average": average(results),
-                "average_ci": [low, high],
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    scores = {
+        "tasks": {k: {"score": r.score, **r.metrics, "n": r.n} for k, r in results.items()},
+        "average": average(results),
+        "average_ci_low": low,
+        "average_ci_high": high,
+    }
+    path.write_text(json.dumps(scores, indent=2) + "\n")
+    seconds = {k: r.seconds for k, r in results.items()}
+    path.with_suffix(".seconds.json").write_text(json.dumps(seconds, indent=2) + "\n")
 
 
 # ------------------------------------------------------------------------------------------- statistics

@@ -130,3 +130,58 @@ def test_dvc_trains_and_evaluates_at_the_demos_sizes():
     for stage, asset in (("train", "sdft_model"), ("evaluate", "benchmark_evaluation")):
         command = stages[stage]["do"]["cmd"]
         assert {key for key in run_config[asset]["config"] if f"${{ops.{asset}.config.{key}}}" not in command} == set()
+
+
+@pytest.mark.slow  # dvc repro of one skill on a tiny model (curate, train, evaluate), ~1-2 min
+def test_dvc_repro_replays_a_skill_and_dvc_reads_its_plots_and_metrics(tmp_path):
+    """The whole dvc.yaml on a tiny model in a fresh repository: `dvc plots show` reads the training curve,
+    `dvc metrics show` reads numbers only, and evaluating the same model again changes no metric."""
+    import json
+    import os
+    import shutil
+
+    import yaml
+
+    from tests.tiny import save_tiny_model, toy_records
+
+    for source in ("dvc.yaml", "sdft_core", "pipelines/configs/cpu.yaml"):
+        target = tmp_path / source
+        target.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if (ROOT / source).is_dir() else shutil.copy)(ROOT / source, target)
+    model = save_tiny_model(tmp_path / "tiny")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"skills": ["toy"], "train": {"model": str(model)}}))
+    folder = tmp_path / "data" / "skills" / "toy"
+    folder.mkdir(parents=True)
+    rows = [r | {"answers": [r["demonstration"]]} for r in toy_records(40)]
+    (folder / "demonstrations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "skill.yaml").write_text("name: toy\nscorer: short_answer\nmax_new_tokens: 8\n")
+    shutil.copytree(ROOT / "data" / "benchmarks", tmp_path / "data" / "benchmarks")
+    env = os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+    def run(*command):
+        done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        return done.stdout
+
+    run("git", "init", "-q")
+    run("dvc", "init", "-q")
+    run("dvc", "repro")
+    plots = json.loads(run("dvc", "plots", "show", "--json"))
+    (curve,) = [p for key, value in plots["data"].items() if key.endswith("metrics.csv") for p in value]
+    steps = [int(point["step"]) for point in curve["content"]["data"]["values"]]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) > 1
+    metrics = json.loads(run("dvc", "metrics", "show", "--json"))
+    values = [v for source in metrics.values() for data in source["data"].values() for v in _leaves(data["data"])]
+    assert values and all(isinstance(v, (int, float)) for v in values)  # no timing, no string
+    run("git", "add", "-A")
+    run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "repro")
+    run("dvc", "repro", "--force", "--single-item", "evaluate@toy")  # the same model, scored again
+    assert json.loads(run("dvc", "metrics", "diff", "--json")) == {}
+
+
+def _leaves(value):
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _leaves(item)
+    else:
+        yield value
