@@ -1,7 +1,8 @@
-"""Where a model came from: content hashes of its data (the way DVC computes them) and the code's git commit.
+"""Where a model came from: content hashes of its data (DVC's own, through `dvc_data`) and the code's git commit.
 
-Hashes are computed from the files themselves, so a skill folder's version is known without importing DVC and
-equals what `dvc add data/skills/<skill>` would record; `data.dvc` is read as the plain YAML it is.
+A skill folder's version is what `dvc add data/skills/<skill>` would record, computed by DVC's hashing library
+with the repository's `.dvcignore` rules (dry run: nothing is written to a cache); `data.dvc` is read as the
+plain YAML it is.
 """
 
 from __future__ import annotations
@@ -24,18 +25,32 @@ def file_md5(path: str | Path) -> str:
 
 
 def dvc_dir_manifest(folder: str | Path) -> list[dict[str, str]]:
-    """Every file under `folder` as {"md5", "relpath"}, sorted by path: what DVC's `.dir` object lists."""
-    folder = Path(folder)
+    """Every file under `folder` that DVC tracks, as {"md5", "relpath"} sorted by path: DVC's `.dir` object.
+    Files a `.dvcignore` of the enclosing DVC repository (or of `folder`, outside one) ignores are left out."""
+    from dvc.fs import LocalFileSystem
+    from dvc.ignore import DvcIgnoreFilter
+    from dvc_data.hashfile.build import build
+    from dvc_data.hashfile.db import HashFileDB
+    from dvc_objects.fs.memory import MemoryFileSystem
+
+    folder = Path(folder).resolve()
     if not folder.is_dir():
         raise FileNotFoundError(f"not a directory: {folder}")
-    return sorted(
-        ({"md5": file_md5(p), "relpath": p.relative_to(folder).as_posix()} for p in folder.rglob("*") if p.is_file()),
-        key=lambda entry: entry["relpath"],
-    )
+    fs = LocalFileSystem()
+    ignore = DvcIgnoreFilter(fs, str(_dvc_root(folder)))
+    staging = HashFileDB(MemoryFileSystem(), "/staging")  # dry run: the objects are hashed, never stored
+    _, _, tree = build(staging, str(folder), fs, "md5", ignore=ignore, dry_run=True)
+    return tree.as_list()
+
+
+def _dvc_root(folder: Path) -> Path:
+    """The DVC repository holding `folder` (whose .dvcignore files apply), else the folder itself."""
+    return next((parent for parent in (folder, *folder.parents) if (parent / ".dvc").is_dir()), folder)
 
 
 def dvc_dir_md5(folder: str | Path, manifest: list[dict[str, str]] | None = None) -> str:
-    """DVC 3's hash of a directory: md5 of its sorted (relpath, md5) manifest, with the `.dir` suffix."""
+    """DVC 3's hash of a directory: md5 of its sorted (relpath, md5) manifest, with the `.dir` suffix (what
+    `dvc_data`'s Tree computes from `dvc_dir_manifest`; given the manifest, no file is read again)."""
     manifest = dvc_dir_manifest(folder) if manifest is None else manifest
     return hashlib.md5(json.dumps(manifest, sort_keys=True).encode()).hexdigest() + ".dir"
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sdft_core.evaluation.sources import PACKAGES
-from sdft_core.lineage import dvc_dir_md5, tracked_md5
+from sdft_core.lineage import dvc_dir_manifest, dvc_dir_md5, tracked_md5
 from tests.readiness import HANG_GUARD_S
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -65,10 +65,14 @@ def test_lineage_hash_equals_dvc_add(tmp_path):
     (folder / "nested").mkdir(parents=True)
     (folder / "demonstrations.jsonl").write_text('{"id": 1, "prompt": "p", "demonstration": "d"}\n')
     (folder / "nested" / "notes.txt").write_bytes(b"crlf\r\nline\n")
+    (folder / "scratch.tmp").write_text("an editor's leftover")
+    (folder / "nested" / "cache.tmp").write_text("ignored too")
+    (repo / ".dvcignore").write_text("*.tmp\n")
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     subprocess.run([str(BIN / "dvc"), "init", "-q"], cwd=repo, check=True)
     subprocess.run([str(BIN / "dvc"), "add", "-q", "data"], cwd=repo, check=True)
-    assert tracked_md5(repo / "data.dvc") == dvc_dir_md5(repo / "data")
+    assert tracked_md5(repo / "data.dvc") == dvc_dir_md5(repo / "data")  # the ignore rule applies to both
+    assert [e["relpath"] for e in dvc_dir_manifest(folder)] == ["demonstrations.jsonl", "nested/notes.txt"]
     assert tracked_md5(repo / "missing.dvc") is None
 
 
