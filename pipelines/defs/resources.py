@@ -79,9 +79,19 @@ def _has_demonstrations(folder: Path) -> bool:
 
 
 class Compute(dg.ConfigurableResource):
-    """How training is launched: `accelerate launch` over all visible GPUs, or one CPU process without them."""
+    """How training is launched: `accelerate launch` over all visible GPUs (one CPU process without them), on one
+    machine or several.
 
-    num_processes: int = 0  # 0: one per visible GPU (one CPU process when there is none)
+    Several machines (one launch per machine, as a Kubernetes PyTorchJob or a batch scheduler starts them): the
+    machine count and this machine's rank come from $SDFT_NUM_MACHINES / $SDFT_MACHINE_RANK, else torchrun's
+    $NNODES / $NODE_RANK; the rendezvous from $MASTER_ADDR / $MASTER_PORT. Set fields override the environment.
+    """
+
+    num_processes: int = 0  # per machine; 0: one per visible GPU (one CPU process when there is none)
+    num_machines: int = 0  # 0: from the environment (1 when it says nothing)
+    machine_rank: int = -1  # -1: from the environment (0 when it says nothing)
+    main_process_ip: str = ""  # "": $MASTER_ADDR
+    main_process_port: int = 0  # 0: $MASTER_PORT, else 29500
     mixed_precision: str = "no"  # the trainer's own `precision` config picks bf16 autocast on GPUs
     extra_launch_args: list[str] = []
 
@@ -89,25 +99,41 @@ class Compute(dg.ConfigurableResource):
         import torch
 
         gpus = torch.cuda.device_count()
-        processes = self.num_processes or max(gpus, 1)
+        per_machine = self.num_processes or max(gpus, 1)
+        machines = self.num_machines or int(_env("SDFT_NUM_MACHINES", "NNODES") or 1)
         command = [
             sys.executable,
             "-m",
             "accelerate.commands.launch",
             "--num_processes",
-            str(processes),
+            str(per_machine * machines),  # accelerate counts the processes of all machines
             "--num_machines",
-            "1",
+            str(machines),
             "--mixed_precision",
             self.mixed_precision,
             "--dynamo_backend",
             "no",
         ]
-        if gpus == 0:
-            command += ["--cpu", "--num_cpu_threads_per_process", str(os.cpu_count() or 1)]
-        if processes > 1:
-            command.append("--multi_gpu")
+        if machines > 1:
+            address = self.main_process_ip or os.environ.get("MASTER_ADDR")
+            if not address:
+                raise ValueError(
+                    f"{machines} machines: set MASTER_ADDR (or Compute.main_process_ip) to rank 0's address"
+                )
+            rank = self.machine_rank if self.machine_rank >= 0 else int(_env("SDFT_MACHINE_RANK", "NODE_RANK") or 0)
+            port = self.main_process_port or int(os.environ.get("MASTER_PORT") or 29500)
+            command += ["--machine_rank", str(rank), "--main_process_ip", address, "--main_process_port", str(port)]
+        if per_machine * machines > 1:
+            command.append("--multi_gpu")  # accelerate's name for multi-process DDP, on CPUs too (not with --cpu)
+        elif gpus == 0:
+            command.append("--cpu")
+        if gpus == 0:  # the machine's cores shared by its processes, never oversubscribed
+            command += ["--num_cpu_threads_per_process", str(max(1, (os.cpu_count() or 1) // per_machine))]
         return command + list(self.extra_launch_args) + [str(script), *args]
+
+
+def _env(*names: str) -> str | None:
+    return next((os.environ[name] for name in names if os.environ.get(name)), None)
 
 
 class ChampionMovedOn(RuntimeError):

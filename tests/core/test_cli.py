@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -242,6 +243,56 @@ def test_two_processes_make_the_same_update_as_one(model_dir, data_file, single_
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
         assert a["completion_tokens_mean"] == b["completion_tokens_mean"]
+
+
+@pytest.mark.slow  # two launches, one per "machine", ~30 s
+def test_two_machines_rendezvousing_on_loopback_make_the_same_update_as_one(
+    model_dir, data_file, single_process_run, tmp_path, monkeypatch
+):
+    """The pipeline's launch command on two "machines": one `accelerate launch --num_machines 2` per rank, each
+    with one CPU process, told the rendezvous by the environment (as torchrun and Kubernetes jobs do)."""
+    from pipelines.defs.resources import Compute
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "two-machines"
+    train = ["train", "--model", str(model_dir), "--data", str(data_file), *COMMON, "--output", str(out)]
+    launches = []
+    for rank in (0, 1):
+        environment = {"NNODES": "2", "NODE_RANK": str(rank), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        for name, value in environment.items():
+            monkeypatch.setenv(name, value)
+        command = Compute(extra_launch_args=["--module"]).launch_command(Path("sdft_core.cli"), train)
+        assert command[command.index("--num_processes") + 1] == "2" and "--multi_gpu" in command
+        assert command[command.index("--machine_rank") + 1] == str(rank)
+        log = (tmp_path / f"rank{rank}.log").open("w")
+        launches.append(subprocess.Popen(command, env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT))
+    codes = [launch.wait(HANG_GUARD_S) for launch in launches]
+    assert codes == [0, 0], [(tmp_path / f"rank{r}.log").read_text()[-3000:] for r in (0, 1)]
+    assert processes(out) == 2
+    one, two = weights(single_process_run), weights(out)
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-4, atol=2e-5)
+
+
+def test_one_machine_needs_no_rendezvous_and_several_need_an_address(monkeypatch):
+    from pipelines.defs.resources import Compute
+
+    for name in ("SDFT_NUM_MACHINES", "NNODES", "MASTER_ADDR", "SDFT_MACHINE_RANK", "NODE_RANK", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    single = Compute().launch_command(Path("train.py"), [])
+    assert single[single.index("--num_machines") + 1] == "1" and "--main_process_ip" not in single
+    with pytest.raises(ValueError, match="2 machines: set MASTER_ADDR"):
+        Compute(num_machines=2).launch_command(Path("train.py"), [])
+    monkeypatch.setenv("SDFT_NUM_MACHINES", "4")
+    monkeypatch.setenv("SDFT_MACHINE_RANK", "3")
+    monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
+    several = Compute(num_processes=8).launch_command(Path("train.py"), ["--x"])
+    flags = dict(zip(several[3:-2:2], several[4:-2:2]))
+    assert flags["--num_processes"] == "32" and flags["--num_machines"] == "4" and flags["--machine_rank"] == "3"
+    assert flags["--main_process_ip"] == "10.0.0.1" and flags["--main_process_port"] == "29500"
+    assert several[-2:] == ["train.py", "--x"]
 
 
 @pytest.mark.slow  # three two-process launches, ~50 s
