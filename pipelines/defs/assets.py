@@ -34,6 +34,7 @@ from pipelines.metadata import (
     training_curve_plot,
 )
 from pipelines.mlflow_logging import dvc_dataset_input, log_flat_params, metric_batch, source_tags
+from pipelines.mlflow_models import model_card, model_id
 from pipelines.partitions import SKILL_CHAIN, skills
 from pipelines.skill_chain import CuratedSkill, Evaluation, SkillSnapshot, TeacherContexts, TrainedModel
 from sdft_core.config import PromptConfig, TrainConfig, with_overrides
@@ -450,7 +451,7 @@ def _train(
             raise
         for result in invocation.get_results():
             metadata |= dict(result.metadata or {})
-    source = registry.log_model_dir(run_id, model_dir)
+    source = registry.log_model(run_id, model_dir)
     history = _all_metrics(run_dir / "metrics.jsonl")
     if history:
         png = training_curve_plot(history, f"{snapshot.skill}: {train_config.method} from {parent.label}")
@@ -546,7 +547,10 @@ def benchmark_evaluation(
         metric
         for who, prefix in SCORE_PREFIXES.items()
         if who in results
-        for metric in _score_metrics(results[who], prefix)
+        # the candidate's own scores are linked to its logged model (its page and registry version show them)
+        for metric in _score_metrics(
+            results[who], prefix, model_id(candidate.model_source) if who == "candidate" else None
+        )
     ]
     client.log_batch(
         candidate.run_id, metrics=metrics + metric_batch({f"kl_to_base/{who}": d["mean"] for who, d in drift.items()})
@@ -555,7 +559,7 @@ def benchmark_evaluation(
     if baseline is not None:  # the baseline's own run gets its scores and drift too
         client.log_batch(
             baseline.run_id,
-            metrics=_score_metrics(results["baseline"], "eval")
+            metrics=_score_metrics(results["baseline"], "eval", model_id(baseline.model_source))
             + metric_batch({"kl_to_base": drift["baseline"]["mean"]} if "baseline" in drift else {}),
         )
 
@@ -645,6 +649,20 @@ def registered_model(
             champion = registry.version_by_alias("champion")
             outcome = champion_moved_on(int(champion.version) if champion else None, parent.label)
     client.set_model_version_tag(registry.model_name, str(number), OUTCOME_TAG, outcome.code)
+    card = model_card(
+        registry.model_name,
+        number,
+        snapshot.lineage(),
+        snapshot.skill,
+        parent.label,
+        {
+            "new skill": new_skill | {"ci": table.new_skill_ci},
+            "prior average": prior | {"ci": table.prior_average_ci},
+        },
+        f"{'passed' if decision.passed else 'FAILED'}: {outcome.summary}",
+        candidate.train_config.to_dict(),
+    )
+    client.update_model_version(registry.model_name, str(number), description=card)
     context.log.info(outcome.summary)
     champion = registry.version_by_alias("champion")
     return dg.MaterializeResult(
@@ -658,6 +676,7 @@ def registered_model(
             "gate": dg.MetadataValue.md("\n".join(f"- {r}" for r in decision.reasons)),
             "outcome": outcome.summary,
             "outcome_code": outcome.code,
+            "model_card": dg.MetadataValue.md(card),
             "champion": int(champion.version) if champion else 0,
             "aliases": dg.MetadataValue.json(
                 sorted(client.get_model_version(registry.model_name, str(number)).aliases)
@@ -711,5 +730,5 @@ def _all_metrics(path: Path) -> list[dict[str, float]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
 
 
-def _score_metrics(results: dict, prefix: str) -> list:
-    return metric_batch({f"{prefix}/{task}": result.score for task, result in results.items()})
+def _score_metrics(results: dict, prefix: str, logged_model: str | None = None) -> list:
+    return metric_batch({f"{prefix}/{task}": result.score for task, result in results.items()}, model_id=logged_model)

@@ -16,6 +16,7 @@ from typing import Any
 import dagster as dg
 
 from pipelines.defs.notifications import notifier_from_environment
+from pipelines.mlflow_models import model_id
 from pipelines.skill_chain import Parent
 from sdft_core.config import TrainConfig
 from sdft_core.lineage import dvc_dir_md5, tracked_md5
@@ -193,12 +194,12 @@ class MlflowRegistry(dg.ConfigurableResource):
             client.set_tag(run_id, key, value)
         return run_id
 
-    def log_model_dir(self, run_id: str, model_dir: Path) -> str:
-        """Upload the trained model folder once; returns its artifact URI (the registry's version source)."""
-        client = self.client()
-        if not any(a.path == "model/model.safetensors" for a in client.list_artifacts(run_id, "model")):
-            client.log_artifacts(run_id, str(model_dir), "model")
-        return f"{client.get_run(run_id).info.artifact_uri}/model"
+    def log_model(self, run_id: str, model_dir: Path) -> str:
+        """Log the trained model folder as the run's MLflow chat model, once; returns its `models:/m-...` URI
+        (the registry's version source)."""
+        from pipelines.mlflow_models import log_chat_model
+
+        return log_chat_model(self.tracking_uri, run_id, model_dir)
 
     # ---------------------------------------------------------------------------------------- registry
     def version_by_alias(self, alias: str):
@@ -217,9 +218,16 @@ class MlflowRegistry(dg.ConfigurableResource):
         return Parent(int(champion.version), str(self.local_copy(champion)), f"{self.model_name}/{champion.version}")
 
     def local_copy(self, version) -> Path:
-        """A local folder with a registered version's weights (the store itself when it is on this disk)."""
+        """A local Hugging Face folder with a registered version's weights: an MLflow model is unpacked into the
+        model cache once; a version registered from a plain folder (before the chat model) is that folder."""
         import mlflow
 
+        from pipelines.mlflow_models import hf_folder
+
+        if version.source.startswith("models:/"):
+            return hf_folder(
+                self.tracking_uri, version.source, Path(self.model_cache) / self.model_name / str(version.version)
+            )
         source = version.source.removeprefix("file://")
         if Path(source).is_dir():
             return Path(source)
@@ -274,7 +282,14 @@ class MlflowRegistry(dg.ConfigurableResource):
             existing = self._versions_of_run(run_id)
             if existing:
                 return existing[0]
-            created = client.create_model_version(self.model_name, source, run_id=run_id, tags=tags)
+            import mlflow
+
+            # MLflow's SQL registry resolves a `models:/m-...` source with the process-wide tracking URI, not the
+            # client's (a TODO in its store): point it at this registry's
+            mlflow.set_tracking_uri(self.tracking_uri)
+            created = client.create_model_version(
+                self.model_name, source, run_id=run_id, tags=tags, model_id=model_id(source)
+            )
             first = self._versions_of_run(run_id)[0]
             if first.version != created.version:
                 client.delete_model_version(self.model_name, created.version)

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import threading
+import urllib.request
 from pathlib import Path
 
 import dagster as dg
@@ -22,7 +26,7 @@ from pipelines.defs.notifications import Notifier, notify_on_failed_checks, noti
 from pipelines.defs.resources import SkillData
 from sdft_core.lineage import dvc_dir_md5, git_commit
 from tests.pipelines.chain import CHAIN, resources
-from tests.readiness import HANG_GUARD_S
+from tests.readiness import HANG_GUARD_S, wait_until
 from tests.tiny import save_tiny_model, toy_records
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -156,7 +160,22 @@ def test_chain_registers_a_champion_with_lineage(chain):
     # the MLflow run streamed the training metrics and holds the model the version points at
     history = chain.registry.client().get_metric_history(version.run_id, "train/loss")
     assert [m.step for m in history] == [1, 2]
-    assert (Path(version.source.removeprefix("file://")) / "model.safetensors").exists()
+    # the version is an MLflow chat model: pyfunc answers chat messages, the card says where it came from
+    assert version.source.startswith("models:/m-")
+    import mlflow
+
+    mlflow.set_tracking_uri(chain.registry.tracking_uri)
+    answer = mlflow.pyfunc.load_model("models:/sdft@champion").predict(
+        {"messages": [{"role": "user", "content": "What is 2+2?"}], "max_tokens": 4}
+    )
+    assert answer[0]["object"] == "chat.completion" and answer[0]["choices"][0]["message"]["role"] == "assistant"
+    card = version.description
+    assert card.startswith("# sdft/1: toy") and tags["dvc_skill_md5"] in card and "**Gate:** passed" in card
+    logged = chain.registry.client().get_logged_model(version.source.removeprefix("models:/"))
+    requirements = Path(logged.artifact_location.removeprefix("file://"), "requirements.txt").read_text()
+    assert "torch==" in requirements and "torchvision" not in requirements and "+cpu" not in requirements
+    linked = {m.key for m in logged.metrics or []}
+    assert "eval/toy" in linked  # the candidate's scores are the logged model's metrics
     evaluation = metadata(chain.first, "benchmark_evaluation")
     assert 0.0 <= evaluation["new_skill_candidate"] <= 1.0
     deltas = {record.data["benchmark"]: record.data for record in evaluation["deltas"].records}  # table metadata
@@ -170,6 +189,61 @@ def test_chain_registers_a_champion_with_lineage(chain):
     assert "evaluation/skill_vs_prior.png" in {a.path for a in client.list_artifacts(version.run_id, "evaluation")}
     for asset in ("demonstrations", "curated_demonstrations", "sdft_model", "sft_baseline", "registered_model"):
         assert metadata(chain.first, asset)["dvc_skill_md5"] == dvc_dir_md5(folder)
+
+
+@pytest.mark.slow  # an MLflow scoring server loading the model, ~1 min
+def test_the_champion_is_served_over_http_on_loopback(chain, tmp_path):
+    """`mlflow models serve -m models:/sdft@champion` answers chat messages on 127.0.0.1."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tmp_path / "serve.log"
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            "models:/sdft@champion",
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=os.environ  # it starts `uvicorn` by name: the environment's bin folder on PATH, as when activated
+        | {
+            "MLFLOW_TRACKING_URI": chain.registry.tracking_uri,
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        },
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+
+        def answers() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as response:
+                    return response.status == 200
+            except OSError:
+                return False
+
+        wait_until(answers, lambda: server.poll() is None, "mlflow models serve", log)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"messages": [{"role": "user", "content": "What is 2+2?"}], "max_tokens": 4}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=120) as response:
+            answer = json.loads(response.read())
+        completion = answer[0] if isinstance(answer, list) else answer
+        assert completion["object"] == "chat.completion"
+        assert completion["choices"][0]["message"]["role"] == "assistant"
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(60)
 
 
 def test_the_sft_baseline_trains_the_same_budget_is_evaluated_beside_the_candidate_and_is_never_registered(chain):
