@@ -16,7 +16,7 @@ from typing import Any
 import dagster as dg
 
 from pipelines.defs.notifications import notifier_from_environment
-from pipelines.mlflow_models import model_id
+from pipelines.mlflow_models import hf_folder, log_chat_model, model_id
 from pipelines.skill_chain import Parent
 from sdft_core.config import TrainConfig
 from sdft_core.lineage import dvc_dir_md5, tracked_md5
@@ -197,8 +197,6 @@ class MlflowRegistry(dg.ConfigurableResource):
     def log_model(self, run_id: str, model_dir: Path) -> str:
         """Log the trained model folder as the run's MLflow chat model, once; returns its `models:/m-...` URI
         (the registry's version source)."""
-        from pipelines.mlflow_models import log_chat_model
-
         return log_chat_model(self.tracking_uri, run_id, model_dir)
 
     # ---------------------------------------------------------------------------------------- registry
@@ -221,8 +219,6 @@ class MlflowRegistry(dg.ConfigurableResource):
         """A local Hugging Face folder with a registered version's weights: an MLflow model is unpacked into the
         model cache once; a version registered from a plain folder (before the chat model) is that folder."""
         import mlflow
-
-        from pipelines.mlflow_models import hf_folder
 
         if version.source.startswith("models:/"):
             return hf_folder(
