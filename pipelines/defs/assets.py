@@ -66,6 +66,14 @@ TrainRunConfig = pydantic.create_model(
 # Training resumes from its last checkpoint, so a failed attempt (a killed process, a lost GPU) is retried where it
 # stopped; a failure that repeats is the run's failure.
 TRAINING_RETRIES = dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL)
+# sdft_model and sft_baseline: each trains in `accelerate launch`, shares the machine and resumes
+TRAINING_ASSET = dict(
+    partitions_def=skills,
+    group_name=SKILL_CHAIN,
+    kinds={"pytorch", "accelerate", "mlflow"},
+    pool=COMPUTE_POOL,
+    retry_policy=TRAINING_RETRIES,
+)
 # each model's scores on its MLflow run (the candidate's), under these prefixes
 SCORE_PREFIXES = {"candidate": "eval", "parent": "parent_eval", "baseline": "baseline_eval", "base": "base_eval"}
 
@@ -321,13 +329,7 @@ def _teacher_checks(model_spec: str, tokenizer, curated: CuratedSkill, prompts: 
     )
 
 
-@dg.asset(
-    partitions_def=skills,
-    group_name=SKILL_CHAIN,
-    kinds={"pytorch", "accelerate", "mlflow"},
-    pool=COMPUTE_POOL,
-    retry_policy=TRAINING_RETRIES,
-)
+@dg.asset(**TRAINING_ASSET)
 def sdft_model(
     context: dg.AssetExecutionContext,
     config: TrainRunConfig,
@@ -352,13 +354,7 @@ def sdft_model(
     return dg.Output(trained, metadata={**contexts.snapshot.lineage(), **metadata})
 
 
-@dg.asset(
-    partitions_def=skills,
-    group_name=SKILL_CHAIN,
-    kinds={"pytorch", "accelerate", "mlflow"},
-    pool=COMPUTE_POOL,
-    retry_policy=TRAINING_RETRIES,
-)
+@dg.asset(**TRAINING_ASSET)
 def sft_baseline(
     context: dg.AssetExecutionContext,
     config: BaselineRunConfig,
