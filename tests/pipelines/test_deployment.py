@@ -212,7 +212,8 @@ def test_the_pipeline_runs_on_the_deployments_dagster_yaml_with_postgres_and_an_
             assert postgres.query("dagster", f"select status from runs where run_id = '{result.run_id}'") == "SUCCESS"
             assert env.champion() == 1
             version = env.versions()[0]
-            assert version.source.startswith("mlflow-artifacts:")  # uploaded through the server, onto its volume
+            logged = env.registry.client().get_logged_model(version.source.removeprefix("models:/"))
+            assert logged.artifact_location.startswith("mlflow-artifacts:")  # uploaded through the server
             assert any((tmp_path / "artifacts").rglob("model.safetensors"))
             assert postgres.query("mlflow", "select count(*) from model_versions") == "1"
         finally:
