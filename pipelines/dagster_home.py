@@ -51,7 +51,8 @@ def dagster_home() -> Path:
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(".sdft/dagster").resolve())))
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
-    if not config.exists() or (config.read_text().startswith(HEADER) and config.read_text() != DAGSTER_YAML):
+    written = config.read_text() if config.exists() else HEADER
+    if written.startswith(HEADER) and written != DAGSTER_YAML:
         config.write_text(DAGSTER_YAML)
     (home / ".nux").mkdir(exist_ok=True)
     (home / ".nux" / "nux.yaml").touch()  # the UI's community pop-up otherwise covers the page on first visit

@@ -55,8 +55,10 @@ def model_id(model_uri: str) -> str | None:
 
 
 def hf_folder(tracking_uri: str, model_uri: str, target: Path) -> Path:
-    """A registered version (or any MLflow model URI) as a plain Hugging Face folder at `target`, downloaded once
-    (`target.partial` until complete, so an interrupted download is never taken for a model)."""
+    """A registered version as a plain Hugging Face folder at `target`, downloaded once (`target.partial` until
+    complete, so an interrupted download is never taken for a model). `model_uri` is an MLflow model (unpacked:
+    `model/` plus `components/tokenizer/`) or an artifact folder that already is a Hugging Face folder (versions
+    registered before the chat model)."""
     import mlflow
 
     if (target / "config.json").exists():
@@ -65,10 +67,12 @@ def hf_folder(tracking_uri: str, model_uri: str, target: Path) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     mlflow.set_tracking_uri(tracking_uri)
     downloaded = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(staging / "mlflow")))
-    folder = staging / "hf"
-    shutil.copytree(downloaded / "model", folder)
-    for file in (downloaded / "components" / "tokenizer").iterdir():
-        shutil.copy2(file, folder / file.name)
+    folder = downloaded
+    if (downloaded / "MLmodel").exists():
+        folder = staging / "hf"
+        shutil.copytree(downloaded / "model", folder)
+        for file in (downloaded / "components" / "tokenizer").iterdir():
+            shutil.copy2(file, folder / file.name)
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(folder, target)
     shutil.rmtree(staging, ignore_errors=True)

@@ -7,7 +7,7 @@ import dagster as dg
 
 from pipelines.defs.resources import OUTCOME_TAG, MlflowRegistry, SkillData
 from pipelines.partitions import SKILL_CHAIN, skills
-from sdft_core.promotion import needs_retrain_from_champion
+from sdft_core.promotion import CHAMPION_MOVED_ON, needs_retrain_from_champion
 
 DATA_VERSION_TAG = "sdft/skill_md5"
 RETRAIN_REASON_TAG = "sdft/retrain_reason"
@@ -81,6 +81,8 @@ def champion_moved_on_sensor(
     requests = []
     for skill in skill_data.skills():
         latest = registry.latest_version_tags(skill) or {}
+        if latest.get(OUTCOME_TAG) != CHAMPION_MOVED_ON:
+            continue  # the usual case, every minute: decided without hashing the folder or walking the lineage
         current = skill_data.version(skill)
         held = registry.champion_has(skill, current) is not None
         if not needs_retrain_from_champion(latest.get(OUTCOME_TAG), latest.get("dvc_skill_md5"), current, held):

@@ -6,7 +6,6 @@ import fcntl
 import json
 import logging
 import os
-import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -216,26 +215,14 @@ class MlflowRegistry(dg.ConfigurableResource):
         return Parent(int(champion.version), str(self.local_copy(champion)), f"{self.model_name}/{champion.version}")
 
     def local_copy(self, version) -> Path:
-        """A local Hugging Face folder with a registered version's weights: an MLflow model is unpacked into the
-        model cache once; a version registered from a plain folder (before the chat model) is that folder."""
-        import mlflow
-
-        if version.source.startswith("models:/"):
-            return hf_folder(
-                self.tracking_uri, version.source, Path(self.model_cache) / self.model_name / str(version.version)
-            )
+        """A local Hugging Face folder with a registered version's weights: a version registered from a folder on
+        this disk (before the chat model) is that folder; anything else is downloaded into the model cache once."""
         source = version.source.removeprefix("file://")
-        if Path(source).is_dir():
+        if not version.source.startswith("models:/") and Path(source).is_dir():
             return Path(source)
-        target = Path(self.model_cache) / self.model_name / str(version.version)
-        if not (target / "model.safetensors").exists():
-            staging = Path(str(target) + ".partial")
-            shutil.rmtree(staging, ignore_errors=True)
-            mlflow.set_tracking_uri(self.tracking_uri)
-            path = mlflow.artifacts.download_artifacts(artifact_uri=version.source, dst_path=str(staging))
-            shutil.move(path, target)
-            shutil.rmtree(staging, ignore_errors=True)
-        return target
+        return hf_folder(
+            self.tracking_uri, version.source, Path(self.model_cache) / self.model_name / str(version.version)
+        )
 
     def lock_path(self) -> Path:
         """The registry's lock file: beside a SQLite store (every process on it shares one, whatever its working
@@ -266,6 +253,7 @@ class MlflowRegistry(dg.ConfigurableResource):
         machine on the same server) may both create: each then keeps the run's lowest version and deletes its
         own if it is not that one, so exactly one survives (versions are numbered in creation order, and the
         lowest was created before any later creator's search)."""
+        import mlflow
         from mlflow.exceptions import MlflowException
 
         client = self.client()
@@ -278,8 +266,6 @@ class MlflowRegistry(dg.ConfigurableResource):
             existing = self._versions_of_run(run_id)
             if existing:
                 return existing[0]
-            import mlflow
-
             # MLflow's SQL registry resolves a `models:/m-...` source with the process-wide tracking URI, not the
             # client's (a TODO in its store): point it at this registry's
             mlflow.set_tracking_uri(self.tracking_uri)
