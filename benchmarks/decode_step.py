@@ -1,11 +1,12 @@
-"""Milliseconds per decode step of the static-cache decoder and of the model's own forward (the generic decoder),
-at several row counts.
+"""Milliseconds per decode step of the static-cache decoder (its torch step, and its CPU kernel step when
+`sdft-cpu-kernels` is installed) and of the model's own forward (the generic decoder), at several row counts.
 
     .venv/bin/python benchmarks/decode_step.py --rows 1 4 12 32 64
 
 Each decoder starts from the same prompt pass (random ~70-token prompts) and takes --steps steps, in --rounds
-interleaved rounds; the median round is printed. Not a test: absolute times drift; compare within one run, on
-an otherwise idle machine.
+interleaved rounds; the median round is printed. The kernel column is measured at every row count, also above
+the decoder's own limit (`CPU_KERNEL_MAX_ROWS`). Not a test: absolute times drift; compare within one run, on an
+otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import time
 
 import torch
 
-from sdft_core.decoding import GenericDecoder, StaticCacheDecoder, prompt_pass
+from sdft_core import decoding
+from sdft_core.decoding import GenericDecoder, StaticCacheDecoder, cpu_kernels, prompt_pass
 from sdft_core.models import load_model
 
 
@@ -43,7 +45,14 @@ def main() -> None:
         f"{args.model}, {torch.get_num_threads()} threads; ms per decode step (median of {args.rounds} rounds "
         f"of {args.steps} steps)"
     )
-    kinds = ["static cache", "model forward"]
+    kinds = ["static cache", *(["CPU kernel"] if cpu_kernels() else []), "model forward"]
+    decoding.CPU_KERNEL_MAX_ROWS = max(args.rows)  # measure the kernel at every row count asked for
+
+    def decoder(kind: str, rows: int, length: int):
+        if kind == "model forward":
+            return GenericDecoder(model)
+        return StaticCacheDecoder(model, rows, length, cpu_kernel=kind == "CPU kernel")
+
     print(f"{'rows':>5} " + " ".join(f"{kind:>15}" for kind in kinds))
     with torch.no_grad():
         for rows in args.rows:
@@ -54,10 +63,7 @@ def main() -> None:
             times: dict[str, list[float]] = {kind: [] for kind in kinds}
             for _ in range(args.rounds):
                 for kind in kinds:
-                    decoder = (
-                        GenericDecoder(model) if kind == "model forward" else StaticCacheDecoder(model, rows, length)
-                    )
-                    times[kind].append(step_ms(decoder, prompt, rows, args.steps))
+                    times[kind].append(step_ms(decoder(kind, rows, length), prompt, rows, args.steps))
             print(f"{rows:>5} " + " ".join(f"{statistics.median(t):>15.1f}" for t in times.values()))
 
 

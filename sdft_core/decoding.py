@@ -6,6 +6,10 @@ Two decoders share one interface (`start` from a `PromptPass`, or `prefill` to t
   layer by layer in torch, with none of the generic forward's per-call work (mask building, cache bookkeeping,
   output objects). On CUDA the step is captured once per rollout as a CUDA graph, so a step costs one launch
   instead of hundreds.
+  On CPU in float32, when the optional package `sdft-cpu-kernels` is installed (`make kernels`: a C++ extension
+  built at install time, nothing is compiled here), the step is instead one call into its `DecodeStep`, over the
+  same weights and cache: a few rows against every weight stream faster there than in torch's products, and the
+  step's few hundred small ops cost no dispatch.
 - `GenericDecoder`: any other model (LoRA adapters, other architectures, wrappers), through its own forward with
   a dynamic cache.
 
@@ -32,6 +36,8 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 STATIC_CACHE_MODEL_TYPES = ("llama", "qwen2")
+# Up to this many rows the CPU kernel's step is faster than the torch step (benchmarks/decode_step.py)
+CPU_KERNEL_MAX_ROWS = 16
 _LAYER_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -63,6 +69,17 @@ def make_decoder(model: nn.Module, rows: int, max_length: int, *, cuda_graphs: b
     if static_cache_unsupported_reason(model) is None:
         return StaticCacheDecoder(model, rows, max_length, cuda_graphs=cuda_graphs)
     return GenericDecoder(model)
+
+
+@functools.cache
+def cpu_kernels():
+    """The optional compiled CPU kernels (package `sdft-cpu-kernels`, import `sdft_cpu_kernels`), or None when
+    they are not installed or this CPU cannot run them (no AVX2/FMA). They were compiled when installed."""
+    try:
+        import sdft_cpu_kernels
+    except ImportError:
+        return None
+    return sdft_cpu_kernels if sdft_cpu_kernels.supported() else None
 
 
 def cache_argument(model: nn.Module, cache) -> dict:
@@ -194,9 +211,13 @@ class StaticCacheDecoder(_Decoder):
     gate and up; and q and k rows are reordered within each head so that every rotary pair is adjacent, which
     makes the rotation one complex product (scores q.k do not change when q and k share a reordering; the cached
     keys use it too).
+
+    `kernel` is the CPU kernel's step over these same tensors where it applies (see `_cpu_kernel`), else None.
     """
 
-    def __init__(self, model: nn.Module, rows: int, max_length: int, *, cuda_graphs: bool = True):
+    def __init__(
+        self, model: nn.Module, rows: int, max_length: int, *, cuda_graphs: bool = True, cpu_kernel: bool = True
+    ):
         base, config = model.model, model.config
         self.model, self.max_length = model, max_length
         self.device = next(model.parameters()).device
@@ -243,6 +264,44 @@ class StaticCacheDecoder(_Decoder):
         self.length = 0
         self.use_graph = cuda_graphs and self.device.type == "cuda"
         self.graph = None
+        self.kernel = self._cpu_kernel(rows) if cpu_kernel else None
+
+    def _cpu_kernel(self, rows: int):
+        """`sdft_cpu_kernels.DecodeStep` over this decoder's weights, cache and mask: float32 on CPU (no autocast),
+        SiLU, widths that are multiples of 8, at most `CPU_KERNEL_MAX_ROWS` rows; None elsewhere."""
+        kernels = cpu_kernels()
+        widths = (self.embed.shape[1], self.head_dim, self.intermediate)
+        if (
+            kernels is None
+            or self.device.type != "cpu"
+            or self.dtype != torch.float32
+            or self.residual_dtype != torch.float32
+            or rows > CPU_KERNEL_MAX_ROWS
+            or getattr(self.model.config, "hidden_act", None) not in ("silu", "swish")
+            or any(width % 8 for width in widths)
+        ):
+            return None
+        cos, sin = self.rotary(self.keys, torch.arange(self.max_length)[None])  # the model's own, by position
+        half = self.head_dim // 2
+        layers = [
+            [w["input_norm"], *w["qkv"], *w["o"], w["post_attention_norm"], *w["gate_up"], *w["down"]]
+            for w in self.layers
+        ]
+        return kernels.DecodeStep(
+            embed=self.embed.detach(),
+            layers=layers,
+            final_norm=self.final_norm,
+            head=self.head[0],
+            head_bias=self.head[1],
+            keys=self.keys,
+            values=self.values,
+            mask=self.additive_mask,
+            cos=cos[0, :, :half].float().contiguous(),
+            sin=sin[0, :, :half].float().contiguous(),
+            heads=self.heads,
+            eps=self.eps,
+            scale=self.scale,
+        )
 
     def _stacked(self, parts: list[tuple[nn.Linear, int | None]]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The linears' weights (and biases: zeros for a linear without one, None if none has one) stacked, in the
@@ -289,7 +348,9 @@ class StaticCacheDecoder(_Decoder):
         if self.length >= self.max_length:
             raise RuntimeError(f"the static cache holds {self.max_length} positions; all are used")
         self.additive_mask[..., self.length] = 0.0
-        if self.use_graph and (self.graph is not None or self._capture(tokens)):
+        if self.kernel is not None:
+            logits = self.kernel(tokens, self.positions, self.length)
+        elif self.use_graph and (self.graph is not None or self._capture(tokens)):
             logits = self._graph_step(tokens)
         else:
             logits = self._step(tokens, self.positions, self.length, self.length + 1)

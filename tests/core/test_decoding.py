@@ -178,11 +178,11 @@ def test_the_cuda_graph_step_gives_the_eager_steps_logits(tokenizer, monkeypatch
     monkeypatch.setattr(
         StaticCacheDecoder, "_record", staticmethod(lambda step: (replay := EagerReplay(step), replay.output))
     )
-    graphed = StaticCacheDecoder(model, 3, max_length)
+    graphed = StaticCacheDecoder(model, 3, max_length, cpu_kernel=False)  # the torch step, as on CUDA
     graphed.use_graph = True
     with torch.no_grad():
         replayed = run(graphed, prompt_ids, prompt_mask, forced)
-        eager = run(StaticCacheDecoder(model, 3, max_length), prompt_ids, prompt_mask, forced)
+        eager = run(StaticCacheDecoder(model, 3, max_length, cpu_kernel=False), prompt_ids, prompt_mask, forced)
     assert isinstance(graphed.graph, EagerReplay)
     torch.testing.assert_close(replayed, eager, atol=2e-5, rtol=1e-4)
 
