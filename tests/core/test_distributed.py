@@ -145,6 +145,7 @@ def _check_sharded_checkpoint(rank: int, root, lm, teacher, out: Path) -> None:
     dist.barrier()
 
 
+@pytest.mark.slow  # two processes with a process group, ~15 s
 def test_rank0_loading_and_sharded_checkpoints_in_two_processes(tiny_model_dir, tmp_path):
     """(1) With the model built on the meta device and only rank 0 loading it, every sharded parameter, buffer and
     tie equals a plain load's, the teacher starts equal to the student, and both compute what the plain model does.

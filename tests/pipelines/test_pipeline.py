@@ -191,6 +191,7 @@ def test_chain_registers_a_champion_with_lineage(chain):
         assert metadata(chain.first, asset)["dvc_skill_md5"] == dvc_dir_md5(folder)
 
 
+@pytest.mark.slow  # trains version 1 again in accelerate launch, ~20 s
 def test_reproduce_trains_the_registered_version_again_to_the_same_weights(chain, tmp_path):
     """`sdft-pipeline reproduce 1`: from the version's recorded data hash, parent, curation and training configs,
     in the pipeline's own accelerate launch, the weights come out identical, tensor for tensor."""
@@ -319,6 +320,7 @@ def test_rematerializing_reuses_the_run_and_registers_once(chain):
     assert chain.champion() == 1
 
 
+@pytest.mark.slow  # trains again from a checkpoint in accelerate launch, ~30 s
 def test_a_crashed_training_resumes_from_its_last_checkpoint(chain):
     run_dir = Path(metadata(chain.first, "sdft_model")["run_dir"])
     trained = (run_dir / "model" / "model.safetensors").read_bytes()
@@ -335,6 +337,7 @@ def test_a_crashed_training_resumes_from_its_last_checkpoint(chain):
     assert (run_dir / "model" / "model.safetensors").read_bytes() == trained  # exact resume
 
 
+@pytest.mark.slow  # a second skill's whole chain, ~45 s; five tests below use its version 2
 def test_failed_gate_keeps_the_champion_and_next_skill_trains_from_it(chain):
     write_skill(chain.data / "skills" / "second", toy_skill_rows(16, offset=30))
     strict = json.loads(json.dumps(RUN_CONFIG))
@@ -372,6 +375,7 @@ def test_failed_gate_keeps_the_champion_and_next_skill_trains_from_it(chain):
     assert metadata(chain.first, "sft_baseline")["mlflow_run_id"] not in runs
 
 
+@pytest.mark.slow  # needs the failed gate's run
 def test_a_failed_gate_reaches_the_webhook_as_a_failed_check_and_a_failed_run(chain):
     received: list[dict] = []
 
@@ -422,6 +426,7 @@ def test_a_failed_gate_reaches_the_webhook_as_a_failed_check_and_a_failed_run(ch
     assert "set SDFT_WEBHOOK_URL" in skipped.skip_message
 
 
+@pytest.mark.slow  # needs the failed gate's version 2
 def test_change_champion_job_promotes_and_rolls_back(chain):
     def change(**config):
         return change_champion.execute_in_process(
@@ -438,6 +443,7 @@ def test_change_champion_job_promotes_and_rolls_back(chain):
     assert not change(version=99).success and chain.champion() == 1
 
 
+@pytest.mark.slow  # needs the failed gate's version 2
 def test_champion_ancestry_knows_which_skills_it_holds(chain):
     toy, second = (dvc_dir_md5(chain.data / "skills" / name) for name in ("toy", "second"))
     assert chain.registry.champion_has("toy", toy) == 1
@@ -465,6 +471,7 @@ def test_main_command_does_not_retrain_a_skill_the_champion_holds(chain, monkeyp
     assert main(["run", "--skill", "nope"]) == 2
 
 
+@pytest.mark.slow  # needs the failed gate's version 2
 def test_status_prints_per_skill_the_champion_version_that_learned_it_its_data_hash_and_scores(
     chain, monkeypatch, capsys
 ):
@@ -522,6 +529,7 @@ def test_sensor_adds_new_skills_and_requests_each_data_version_once(tmp_path):
         assert fourth.run_requests[0].run_key != request.run_key
 
 
+@pytest.mark.slow  # needs the failed gate's version 2
 def test_schedule_retrains_only_skills_changed_since_their_registered_version(chain):
     write_skill(chain.data / "skills" / "fresh", toy_skill_rows(4, offset=60))
     chain.instance.add_dynamic_partitions("skill", ["fresh"])

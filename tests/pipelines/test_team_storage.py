@@ -79,6 +79,7 @@ class Workspace:
         return self.run(cwd, str(BIN / "dvc"), *args, env=env)
 
 
+@pytest.mark.slow  # an S3 server, two clones, dvc push and pull, ~17 s
 def test_a_team_shares_data_through_a_dvc_remote_on_s3_and_a_teammate_pulls_it_back_identical(
     tmp_path, monkeypatch, s3
 ):
