@@ -830,12 +830,13 @@ def target_lines(result: dict[str, Any]) -> list[str]:
         skill_ok = sdft["new_skill_mean"] >= sft["new_skill_mean"] - 0.01
         drop_ok = sdft["prior_drop"] <= max(0.0, sft["prior_drop"]) / 2 and sft["prior_drop"] > 0
         lines.append(
-            f"{skill}: forgetting exists: SFT at lr {top['lr']:g} is {100 * drop:+.1f} points below base "
+            f"{skill}: forgetting exists: SFT at lr {top['lr']:g} is {100 * drop:.1f} points below base "
             f"(paired 95% CI of model - base [{100 * top['prior_delta_ci'][0]:+.1f}, "
             f"{100 * top['prior_delta_ci'][1]:+.1f}]): {'yes' if real else 'NO'}. "
             f"New skill SDFT {_pct(sdft['new_skill_mean'])} vs SFT {_pct(sft['new_skill_mean'])} "
-            f"({'met' if skill_ok else 'missed'}: at least SFT - 1). Prior drop SDFT {100 * sdft['prior_drop']:+.1f} "
-            f"vs SFT {100 * sft['prior_drop']:+.1f} ({'met' if drop_ok else 'missed'}: at most half of SFT's, "
+            f"({'met' if skill_ok else 'missed'}: at least SFT - 1). Prior drop (base - model, points) SDFT "
+            f"{100 * sdft['prior_drop']:.1f} vs SFT {100 * sft['prior_drop']:.1f} ({'met' if drop_ok else 'missed'}: "
+            "at most half of SFT's, "
             f"SFT's > 0)."
         )
     return lines
@@ -846,8 +847,10 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
-def _ci(interval: list[float], scale: float = 100.0, digits: int = 1) -> str:
-    return f"[{scale * interval[0]:+.{digits}f}, {scale * interval[1]:+.{digits}f}]"
+def _ci(interval: list[float], scale: float = 100.0, digits: int = 1, signed: bool = True) -> str:
+    """An interval; `signed` for differences (a score or a KL is not a difference: no sign)."""
+    sign = "+" if signed else ""
+    return f"[{scale * interval[0]:{sign}.{digits}f}, {scale * interval[1]:{sign}.{digits}f}]"
 
 
 def write_report(result: dict[str, Any], out: Path) -> None:
@@ -912,7 +915,8 @@ def write_report(result: dict[str, Any], out: Path) -> None:
         for r in result["runs"]:
             lines.append(
                 f"| {r['skill']} | {r['method']} | {r['lr']:g} | {r['seeds']} | {_pct(r['new_skill_mean'])} "
-                f"{_ci(r['new_skill_ci'])} | {_pct(r['prior_avg_mean'])} | {100 * r['prior_drop']:+.1f} | "
+                f"{_ci(r['new_skill_ci'], signed=False)} | {_pct(r['prior_avg_mean'])} | "
+                f"{100 * r['prior_drop']:.1f} | "
                 f"{r['kl_new_skill_mean']:.4f} | {r['kl_prior_mean']:.4f} |"
             )
     if result["targets"]:
@@ -934,7 +938,8 @@ def write_report(result: dict[str, Any], out: Path) -> None:
                 f"| {r['skill']} | {r['method']} | {r['lr']:g} | {r['seed']} | {settings} | "
                 f"{_pct(r['validation'])} | {_pct(r['new_skill'])} | {_ci(r['new_skill_delta_ci'])} | "
                 f"{_pct(r['prior_avg'])} | {_ci(r['prior_delta_ci'])} | {r['kl_new_skill']:.4f} "
-                f"{_ci(r['kl_new_skill_ci'], 1, 4)} | {r['kl_prior']:.4f} | {_pct(r['repetition_rate'])} | "
+                f"{_ci(r['kl_new_skill_ci'], 1, 4, signed=False)} | {r['kl_prior']:.4f} | "
+                f"{_pct(r['repetition_rate'])} | "
                 f"{r['mean_words']:.1f} |"
             )
     lines += chain_lines(result["sequential"])
