@@ -21,9 +21,7 @@
 #include <omp.h>
 
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
-#include <string>
 #include <optional>
 #include <vector>
 
@@ -87,112 +85,38 @@ inline void store(float* y, int64_t ld_y, int64_t r, int64_t group, int64_t col,
 // For columns [begin, end): y[r, col] = x[r] . w[col] + bias[col] for every row r of x [m, k] (rows k apart), or
 // y[r, col] += that when `accumulate`. `bias` may be null; y's rows are `ld_y` apart. Column begin + i is paired
 // with the column half the range further on; each weight row is read once and applied to the rows of x by fours.
-// Defined once per instruction set, over that set's dot_pair/dot_rows.
-#define DEFINE_PRODUCT_COLUMNS(NAME, DOT_PAIR, DOT_ROWS)                                                        \
-  void NAME(const float* x, int64_t m, int64_t k, const float* w, const float* bias, float* y, int64_t ld_y,   \
-            int64_t begin, int64_t end, bool accumulate) {                                                     \
-    float sums[4], sums2[4];                                                                                   \
-    int64_t half = (end - begin) / 2;                                                                          \
-    for (int64_t col = begin; col < begin + half; col++) {                                                     \
-      const float *w_first = w + col * k, *w_second = w + (col + half) * k;                                   \
-      for (int64_t r = 0; r < m; r += 4) {                                                                     \
-        int64_t group = m - r < 4 ? m - r : 4;                                                                 \
-        switch (group) {                                                                                       \
-          case 4: DOT_PAIR<4>(x + r * k, w_first, w_second, k, sums, sums2); break;                           \
-          case 3: DOT_PAIR<3>(x + r * k, w_first, w_second, k, sums, sums2); break;                           \
-          case 2: DOT_PAIR<2>(x + r * k, w_first, w_second, k, sums, sums2); break;                           \
-          default: DOT_PAIR<1>(x + r * k, w_first, w_second, k, sums, sums2); break;                          \
-        }                                                                                                      \
-        store(y, ld_y, r, group, col, sums, bias, accumulate);                                                 \
-        store(y, ld_y, r, group, col + half, sums2, bias, accumulate);                                         \
-      }                                                                                                        \
-    }                                                                                                          \
-    if ((end - begin) % 2) { /* the odd column out */                                                          \
-      const float* w_row = w + (end - 1) * k;                                                                  \
-      for (int64_t r = 0; r < m; r += 4) {                                                                     \
-        int64_t group = m - r < 4 ? m - r : 4;                                                                 \
-        switch (group) {                                                                                       \
-          case 4: DOT_ROWS<4>(x + r * k, w_row, k, sums); break;                                              \
-          case 3: DOT_ROWS<3>(x + r * k, w_row, k, sums); break;                                              \
-          case 2: DOT_ROWS<2>(x + r * k, w_row, k, sums); break;                                              \
-          default: DOT_ROWS<1>(x + r * k, w_row, k, sums); break;                                             \
-        }                                                                                                      \
-        store(y, ld_y, r, group, end - 1, sums, bias, accumulate);                                             \
-      }                                                                                                        \
-    }                                                                                                          \
-  }
-
-DEFINE_PRODUCT_COLUMNS(product_columns_avx2, dot_pair, dot_rows)
-
-#pragma GCC pop_options
-
-// The same product with 16-float vectors, for CPUs with AVX-512F; k a multiple of 8 (a tail of 8 is masked).
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx2,fma")
-
-template <int ROWS>
-inline void dot_rows_avx512(const float* x, const float* w_row, int64_t k, float* sums) {
-  __m512 acc[ROWS];
-  for (int r = 0; r < ROWS; r++) acc[r] = _mm512_setzero_ps();
-  int64_t j = 0;
-  for (; j + 16 <= k; j += 16) {
-    _mm_prefetch(reinterpret_cast<const char*>(w_row + j + kPrefetchFloats), _MM_HINT_T0);
-    __m512 w = _mm512_loadu_ps(w_row + j);
-    for (int r = 0; r < ROWS; r++) acc[r] = _mm512_fmadd_ps(w, _mm512_loadu_ps(x + r * k + j), acc[r]);
-  }
-  if (j < k) {
-    __m512 w = _mm512_maskz_loadu_ps(0xFF, w_row + j);
-    for (int r = 0; r < ROWS; r++) acc[r] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(0xFF, x + r * k + j), acc[r]);
-  }
-  for (int r = 0; r < ROWS; r++) sums[r] = _mm512_reduce_add_ps(acc[r]);
-}
-
-template <int ROWS>
-inline void dot_pair_avx512(const float* x, const float* w_first, const float* w_second, int64_t k, float* first,
-                            float* second) {
-  __m512 acc[ROWS], acc2[ROWS];
-  for (int r = 0; r < ROWS; r++) acc[r] = acc2[r] = _mm512_setzero_ps();
-  int64_t j = 0;
-  for (; j + 16 <= k; j += 16) {
-    _mm_prefetch(reinterpret_cast<const char*>(w_first + j + kPrefetchFloats), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(w_second + j + kPrefetchFloats), _MM_HINT_T0);
-    __m512 w = _mm512_loadu_ps(w_first + j), w2 = _mm512_loadu_ps(w_second + j);
-    for (int r = 0; r < ROWS; r++) {
-      __m512 xr = _mm512_loadu_ps(x + r * k + j);
-      acc[r] = _mm512_fmadd_ps(w, xr, acc[r]);
-      acc2[r] = _mm512_fmadd_ps(w2, xr, acc2[r]);
+void product_columns(const float* x, int64_t m, int64_t k, const float* w, const float* bias, float* y,
+                     int64_t ld_y, int64_t begin, int64_t end, bool accumulate) {
+  float sums[4], sums2[4];
+  int64_t half = (end - begin) / 2;
+  for (int64_t col = begin; col < begin + half; col++) {
+    const float *w_first = w + col * k, *w_second = w + (col + half) * k;
+    for (int64_t r = 0; r < m; r += 4) {
+      int64_t group = m - r < 4 ? m - r : 4;
+      switch (group) {
+        case 4: dot_pair<4>(x + r * k, w_first, w_second, k, sums, sums2); break;
+        case 3: dot_pair<3>(x + r * k, w_first, w_second, k, sums, sums2); break;
+        case 2: dot_pair<2>(x + r * k, w_first, w_second, k, sums, sums2); break;
+        default: dot_pair<1>(x + r * k, w_first, w_second, k, sums, sums2); break;
+      }
+      store(y, ld_y, r, group, col, sums, bias, accumulate);
+      store(y, ld_y, r, group, col + half, sums2, bias, accumulate);
     }
   }
-  if (j < k) {
-    __m512 w = _mm512_maskz_loadu_ps(0xFF, w_first + j), w2 = _mm512_maskz_loadu_ps(0xFF, w_second + j);
-    for (int r = 0; r < ROWS; r++) {
-      __m512 xr = _mm512_maskz_loadu_ps(0xFF, x + r * k + j);
-      acc[r] = _mm512_fmadd_ps(w, xr, acc[r]);
-      acc2[r] = _mm512_fmadd_ps(w2, xr, acc2[r]);
+  if ((end - begin) % 2) {  // the odd column out
+    const float* w_row = w + (end - 1) * k;
+    for (int64_t r = 0; r < m; r += 4) {
+      int64_t group = m - r < 4 ? m - r : 4;
+      switch (group) {
+        case 4: dot_rows<4>(x + r * k, w_row, k, sums); break;
+        case 3: dot_rows<3>(x + r * k, w_row, k, sums); break;
+        case 2: dot_rows<2>(x + r * k, w_row, k, sums); break;
+        default: dot_rows<1>(x + r * k, w_row, k, sums); break;
+      }
+      store(y, ld_y, r, group, end - 1, sums, bias, accumulate);
     }
   }
-  for (int r = 0; r < ROWS; r++) first[r] = _mm512_reduce_add_ps(acc[r]), second[r] = _mm512_reduce_add_ps(acc2[r]);
 }
-
-DEFINE_PRODUCT_COLUMNS(product_columns_avx512, dot_pair_avx512, dot_rows_avx512)
-
-#pragma GCC pop_options
-
-using ProductColumns = void (*)(const float*, int64_t, int64_t, const float*, const float*, float*, int64_t, int64_t,
-                                int64_t, bool);
-
-bool has_avx512() { return __builtin_cpu_supports("avx512f"); }
-
-// The instruction set the products run in: AVX-512 where the CPU has it, unless SDFT_CPU_KERNELS_ISA=avx2.
-ProductColumns product_columns = [] {
-  __builtin_cpu_init();  // a static initializer may run before the CPU model is read
-  const char* isa = std::getenv("SDFT_CPU_KERNELS_ISA");
-  bool avx2 = isa != nullptr && std::string(isa) == "avx2";
-  return has_avx512() && !avx2 ? product_columns_avx512 : product_columns_avx2;
-}();
-
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
 
 inline int64_t tasks_for(int64_t n) { return (n + kColumnsPerTask - 1) / kColumnsPerTask; }
 inline int64_t task_end(int64_t task, int64_t n) { return std::min((task + 1) * kColumnsPerTask, n); }
@@ -464,15 +388,6 @@ class DecodeStep {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "Float32 decode-step kernels for x86-64 CPUs with AVX2 and FMA";
   m.def("supported", &cpu_supported, "Whether this CPU can run the kernels (AVX2 and FMA)");
-  m.def("isa", [] { return product_columns == product_columns_avx512 ? "avx512" : "avx2"; },
-        "The instruction set the products run in: avx512 where the CPU has AVX-512F, else avx2");
-  m.def(
-      "set_isa",
-      [](const std::string& isa) {
-        TORCH_CHECK(isa == "avx2" || (isa == "avx512" && has_avx512()), "this CPU cannot run ", isa);
-        product_columns = isa == "avx2" ? product_columns_avx2 : product_columns_avx512;
-      },
-      "Run the products in this instruction set from now on (tests and benchmarks compare the two)");
   m.def("skinny_matmul", &skinny_matmul, "x @ weight.T (+ bias), into out (added to it when accumulate)",
         pybind11::arg("x"), pybind11::arg("weight"), pybind11::arg("bias") = pybind11::none(),
         pybind11::arg("out") = pybind11::none(), pybind11::arg("accumulate") = false);
