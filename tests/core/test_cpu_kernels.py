@@ -5,6 +5,8 @@ then a missing or unusable package fails them.
 """
 
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -25,6 +27,17 @@ def kernels():
             pytest.fail(f"SDFT_REQUIRE_CPU_KERNELS=1, but {reason}")
         pytest.skip(reason)
     return kernels
+
+
+def test_the_kernels_were_built_when_installed_and_importing_them_compiles_nothing(kernels):
+    """An installed extension module; taking it for decoding loads no compiler tooling (cpp_extension's JIT)."""
+    assert kernels._C.__file__.endswith(".so")
+    code = (
+        "import sys; from sdft_core.decoding import cpu_kernels; assert cpu_kernels() is not None; "
+        "print(sorted(m for m in sys.modules if m.startswith(('torch.utils.cpp_extension', 'setuptools'))))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize("accumulate", [False, True])
