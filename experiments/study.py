@@ -527,14 +527,11 @@ class Study:
         return fields
 
     # ------------------------------------------------------------------------------------------ the plan
-    def sweep_name(self, skill: str, method: str, lr: float, seed: int) -> str:
-        return f"{skill}-{method}-lr{lr:g}-seed{seed}"
-
     def chosen_rate(self, skill: str, method: str) -> float:
         """The method's rate with the best validation score on the first seed (ties: the smaller rate)."""
         c = self.config
         scores = {
-            lr: self.done(self.sweep_name(skill, method, lr, c.seeds[0]))["validation"][skill]["score"]
+            lr: self.done(sweep_unit_name(skill, method, lr, c.seeds[0]))["validation"][skill]["score"]
             for lr in c.learning_rates
         }
         return max(sorted(scores), key=lambda lr: scores[lr])  # max keeps the first (smallest) of equal scores
@@ -547,12 +544,12 @@ class Study:
         for skill in c.skills:
             for method in c.methods:
                 for lr in c.learning_rates:
-                    self.run_unit(self.sweep_name(skill, method, lr, c.seeds[0]), skill, method, lr, c.seeds[0])
+                    self.run_unit(sweep_unit_name(skill, method, lr, c.seeds[0]), skill, method, lr, c.seeds[0])
         for skill in c.skills:
             for method in c.methods:
                 lr = self.chosen_rate(skill, method)
                 for seed in c.seeds[1:]:
-                    self.run_unit(self.sweep_name(skill, method, lr, seed), skill, method, lr, seed)
+                    self.run_unit(sweep_unit_name(skill, method, lr, seed), skill, method, lr, seed)
         for ablation in c.ablations:
             for skill in ablation.get("skills", c.skills):
                 lr = self.chosen_rate(skill, ablation["method"])
@@ -576,10 +573,10 @@ class Study:
         self.cross_unit("base", second)
         for method in c.methods:
             for lr in c.learning_rates:
-                self.cross_unit(self.sweep_name(first, method, lr, c.seeds[0]), second)
+                self.cross_unit(sweep_unit_name(first, method, lr, c.seeds[0]), second)
         lr = self.chosen_rate(first, "sdft")
         for variant in c.chain_variants:
-            parent = self.sweep_name(first, "sdft", lr, c.seeds[0]) if variant["from"] == "first" else None
+            parent = sweep_unit_name(first, "sdft", lr, c.seeds[0]) if variant["from"] == "first" else None
             self.run_unit(
                 f"chain-{second}-sdft-{variant['name']}-lr{lr:g}-seed{c.seeds[0]}",
                 second,
@@ -601,6 +598,10 @@ class Study:
 
 
 # ------------------------------------------------------------------------------------------ summaries
+def sweep_unit_name(skill: str, method: str, lr: float, seed: int) -> str:
+    return f"{skill}-{method}-lr{lr:g}-seed{seed}"
+
+
 def task_fields(result: TaskResult) -> dict[str, Any]:
     """A task's score and every item's 0/1 in item order, as a string (paired intervals need them)."""
     return {
@@ -702,6 +703,20 @@ def summarize(config: StudyConfig, units: dict[str, dict[str, Any]]) -> dict[str
         ),
     )
     result["ablations"] = [r for r in rows if r["kind"] != "sweep"]
+    prior_ids = base["item_ids"]["prior"]
+    for row in result["ablations"]:  # against the default run it changes one setting of: same skill, rate, seed
+        default = units.get(sweep_unit_name(row["skill"], row["method"], row["lr"], row["seed"]))
+        if default is None:
+            continue
+        ablation, skill = units[row["name"]], row["skill"]
+        row["vs_default"] = {
+            "new_skill_delta": row["new_skill"] - default["skills"][skill]["score"],
+            "new_skill_delta_ci": list(
+                paired_difference_ci(_skill_result(default, skill, base), _skill_result(ablation, skill, base))
+            ),
+            "prior_delta": row["prior_avg"] - default["prior_avg"],
+            "prior_delta_ci": list(paired_difference_ci(_results(default, prior_ids), _results(ablation, prior_ids))),
+        }
     for skill in config.skills:
         for method in config.methods:
             first = {
@@ -941,6 +956,26 @@ def write_report(result: dict[str, Any], out: Path) -> None:
                 f"{_ci(r['kl_new_skill_ci'], 1, 4, signed=False)} | {r['kl_prior']:.4f} | "
                 f"{_pct(r['repetition_rate'])} | "
                 f"{r['mean_words']:.1f} |"
+            )
+    compared = [r for r in result["ablations"] if "vs_default" in r]
+    if compared:
+        lines += [
+            "",
+            "## Ablations against the default run (same skill, method, rate and seed; paired 95% intervals)",
+            "",
+            "| skill | method | lr | seed | settings | new skill: default → ablation | difference | prior: default → "
+            "ablation | difference |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in compared:
+            d = r["vs_default"]
+            settings = ", ".join(f"{k}={v}" for k, v in r["overrides"].items())
+            lines.append(
+                f"| {r['skill']} | {r['method']} | {r['lr']:g} | {r['seed']} | {settings} | "
+                f"{_pct(r['new_skill'] - d['new_skill_delta'])} → {_pct(r['new_skill'])} | "
+                f"{100 * d['new_skill_delta']:+.1f} {_ci(d['new_skill_delta_ci'])} | "
+                f"{_pct(r['prior_avg'] - d['prior_delta'])} → {_pct(r['prior_avg'])} | "
+                f"{100 * d['prior_delta']:+.1f} {_ci(d['prior_delta_ci'])} |"
             )
     lines += chain_lines(result["sequential"])
     lines += ["", "![new skill vs prior average](pareto.png)", "", "![new skill vs KL to base](drift.png)", ""]

@@ -183,6 +183,17 @@ def test_the_report_has_the_published_shape_and_the_new_fields(finished):
         assert run["seeds"] == 2 and run["new_skill_mean"] == pytest.approx(sum(run["new_skill_per_seed"]) / 2)
         assert run["prior_drop"] == pytest.approx(on_disk["base"]["prior_avg"] - run["prior_avg_mean"])
     assert [r["kind"] for r in on_disk["ablations"]] == ["ablation:mask0"] * len(config.skills)
+    for row in on_disk["ablations"]:  # paired against the sweep's run of the same skill, method, rate and seed
+        (default,) = [
+            r
+            for r in on_disk["sweep"]
+            if (r["skill"], r["method"], r["lr"], r["seed"]) == tuple(row[k] for k in ("skill", "method", "lr", "seed"))
+        ]
+        versus = row["vs_default"]
+        assert versus["new_skill_delta"] == pytest.approx(row["new_skill"] - default["new_skill"])
+        assert versus["prior_delta"] == pytest.approx(row["prior_avg"] - default["prior_avg"])
+        low, high = versus["new_skill_delta_ci"]
+        assert low - 1e-9 <= versus["new_skill_delta"] <= high + 1e-9
     chain = on_disk["sequential"]
     assert sorted(r["kind"] for r in chain) == ["chain:chained", "chain:from_base"] + ["cross"] * 7
     for row in (r for r in chain if r["kind"] != "cross"):
@@ -197,6 +208,7 @@ def test_the_report_has_the_published_shape_and_the_new_fields(finished):
         "## Frontier points",
         "## Sweep (every model)",
         "## Ablations",
+        "## Ablations against the default run",
         "## Target",
         "## Sequential chain",
     ):
