@@ -37,9 +37,10 @@ def run_seed(seed: int, skill: str, base_config: Path, work: Path) -> dict:
     config = yaml.safe_load(base_config.read_text())
     config["ops"]["sdft_model"]["config"]["seed"] = seed
     (home / "run_config.yaml").write_text(yaml.safe_dump(config))
+    tracking_uri = f"sqlite:///{home / 'mlflow.db'}"
     env = os.environ | {
         "DAGSTER_HOME": str(home / "dagster"),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{home / 'mlflow.db'}",
+        "MLFLOW_TRACKING_URI": tracking_uri,
         "SDFT_WORK_DIR": str(home / "work"),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
     }
@@ -58,7 +59,6 @@ def run_seed(seed: int, skill: str, base_config: Path, work: Path) -> dict:
     if not found:
         raise SystemExit(f"seed {seed}: the run wrote no comparison.json (exit {code}); see {home / 'run.log'}")
     comparison = json.loads(found[-1].read_text())
-    log_text = (home / "run.log").read_text()
     result = {
         "seed": seed,
         "exit_code": code,
@@ -67,11 +67,23 @@ def run_seed(seed: int, skill: str, base_config: Path, work: Path) -> dict:
         "prior_average": comparison["prior_average"],
         "new_skill_ci": comparison["new_skill_ci"],
         "prior_average_ci": comparison["prior_average_ci"],
-        # the gate's verdict as the run printed it (a failed gate fails the run: exit 1)
-        "promoted": "registered_model.promotion_gate: passed" in log_text,
+        "promoted": champion_exists(tracking_uri),
     }
     result_path.write_text(json.dumps(result, indent=2))
     return result
+
+
+def champion_exists(tracking_uri: str, model_name: str = "sdft") -> bool:
+    """Whether the gate promoted the run's version: each seed's registry starts empty, so any `champion` alias is
+    this run's (a failed gate leaves none)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        MlflowClient(tracking_uri).get_model_version_by_alias(model_name, "champion")
+    except MlflowException:
+        return False
+    return True
 
 
 def summarize(results: list[dict]) -> dict:
