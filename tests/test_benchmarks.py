@@ -3,6 +3,7 @@
 import argparse
 import importlib.util
 import json
+import platform
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,16 @@ def test_a_short_run_of_ours_gives_a_complete_row(bench, tmp_path, impl):
     }
     generation = row["phases_median_s"]["generation"]
     assert (generation > 0) == (impl == "ours_sdft") and (row["gen_tokens_per_s"] > 0) == (impl == "ours_sdft")
+
+
+def test_rows_name_the_processor_they_were_measured_on(bench):
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.exists():
+        pytest.skip("no /proc/cpuinfo on this system")
+    names = [
+        line.partition(":")[2].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
+    ]
+    described = bench.processor()
+    assert described.startswith(names[0] if names else "")
+    if platform.machine() == "x86_64":  # every x86-64 server CPU has at least SSE4.2
+        assert any(f"({unit}" in described for unit in ("avx512f", "avx2", "sse4_2"))
