@@ -17,8 +17,10 @@ Both start from the model's own forward over the prompts (every padding and atte
 both sample with the numerics of the training forward, which is what the samples are trained under: in float32,
 or under autocast the products and attention (torch's SDPA) in the autocast dtype on a float32 residual stream,
 norms and rotary embedding in float32, and the output head in float32 as the loss computes it. On CPU under bf16
-autocast the static-cache step gives the training forward's logits bit for bit (tests/core/test_decoding.py); a
-decoder that ran everything in bf16 would sample from a measurably different policy than the one it trains.
+autocast the static-cache step gives the training forward's logits bit for bit where the products' rounding does
+not depend on their shape (torch's own kernels); where the library picks a kernel by shape (oneDNN on CPUs with
+bf16 instructions) a few bf16 results round the other way (tests/core/test_decoding.py). A decoder that ran
+everything in bf16 would sample from a measurably different policy than the one it trains.
 """
 
 from __future__ import annotations

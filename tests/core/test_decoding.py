@@ -122,18 +122,45 @@ def training_forward_logits(model, prompt, forced_row):
 
 def test_under_bf16_autocast_decoding_samples_with_the_training_forwards_numerics(tokenizer):
     """The training forward runs autocast: bf16 products on a float32 residual stream, and the loss's head in
-    float32. Decoding from a whole-bf16 copy of the model would sample from a measurably different policy."""
+    float32. Decoding from a whole-bf16 copy of the model would sample from a measurably different policy.
+
+    Bit for bit only where a product's rounding does not depend on its shape. The decoder multiplies a few rows
+    at a time, the training forward a whole sequence, and on CPUs with bf16 instructions (AVX-512 BF16, AMX)
+    oneDNN picks its kernel by shape, so a few bf16 results round the other way there. Torch's own kernels
+    (oneDNN off) sum every product in one order whatever the shape: that checks the decoder's numerics exactly
+    on any CPU; with the machine's own kernels it checks that those roundings stay far below a bf16 copy's."""
     model = make_model(tokenizer, layers=4, init_std=0.2).eval()
     prompt_ids, prompt_mask = pad(PROMPTS, tokenizer.pad_token_id, "left")
     forced = [torch.tensor([3 + i, 40 + i, 7]) for i in range(8)]
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        decoder = make_decoder(model, 3, prompt_ids.shape[1] + len(forced))
-        assert decoder.dtype == torch.bfloat16 and decoder.residual_dtype == torch.float32
-        decoded = run(decoder, prompt_ids, prompt_mask, forced)
-        assert decoded.dtype == torch.float32
-        training = torch.stack(
-            [training_forward_logits(model, p, [int(t[row]) for t in forced]) for row, p in enumerate(PROMPTS)]
+
+    def decoded_and_training():
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            decoder = make_decoder(model, 3, prompt_ids.shape[1] + len(forced))
+            assert decoder.dtype == torch.bfloat16 and decoder.residual_dtype == torch.float32
+            decoded = run(decoder, prompt_ids, prompt_mask, forced)
+            assert decoded.dtype == torch.float32
+            training = torch.stack(
+                [training_forward_logits(model, p, [int(t[row]) for t in forced]) for row, p in enumerate(PROMPTS)]
+            )
+        return decoded, training
+
+    def divergence(logits, training):  # mean KL(training || other) per position, in float64
+        return (
+            torch.nn.functional.kl_div(
+                logits.double().log_softmax(-1), training.double().log_softmax(-1), log_target=True, reduction="none"
+            )
+            .sum(-1)
+            .mean()
+            .item()
         )
+
+    with torch.backends.mkldnn.flags(enabled=False):
+        decoded, training = decoded_and_training()
+    # every bf16 value equal; only the float32 head's last bits may differ (its kernel also depends on the shape)
+    torch.testing.assert_close(decoded, training, atol=1e-5, rtol=1e-6)
+    assert divergence(decoded, training) < 1e-9
+
+    decoded, training = decoded_and_training()
     with torch.no_grad():
         whole_bf16 = torch.stack(
             [
@@ -141,20 +168,8 @@ def test_under_bf16_autocast_decoding_samples_with_the_training_forwards_numeric
                 for row, p in enumerate(PROMPTS)
             ]
         )
-
-    def divergence(logits):  # mean KL(training || other) per position
-        return (
-            torch.nn.functional.kl_div(
-                logits.log_softmax(-1), training.log_softmax(-1), log_target=True, reduction="none"
-            )
-            .sum(-1)
-            .mean()
-            .item()
-        )
-
-    assert divergence(whole_bf16) > 1e-5  # what sampling from a bf16 copy would cost
-    assert divergence(decoded) < 1e-9  # the same kernels and rounding as the training forward: bit for bit here
-    torch.testing.assert_close(decoded, training, atol=1e-6, rtol=0)
+    assert divergence(whole_bf16, training) > 1e-5  # what sampling from a bf16 copy would cost
+    assert divergence(decoded, training) < divergence(whole_bf16, training) / 3
 
 
 class EagerReplay:
